@@ -1,0 +1,109 @@
+"""Small functions that build each stage's objects from the typed config (no logic of their own)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from rlvr.config import Config
+from rlvr.config.load import reward_specs
+from rlvr.data import build_prompts, load_rows
+from rlvr.registry import ADVANTAGE, AGGREGATION, ALLOCATOR, POLICY_LOSS, SAMPLER, build_plugin
+from rlvr.reward import RewardRunner
+from rlvr.types import Prompt
+
+
+def make_accelerator(cfg: Config) -> Accelerator:
+    mp = cfg.learner.mixed_precision
+    if mp == "auto":
+        mp = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mp)
+
+
+def model_dir(cfg: Config, base_dir: Path | None) -> str:
+    """The policy's folder (or hub name); builds the tiny model there first if asked and absent."""
+    path = Path(cfg.model.path)
+    if cfg.model.build_tiny is not None:
+        from rlvr.models.tiny import ensure_tiny_model
+
+        ensure_tiny_model(path, **cfg.model.build_tiny.model_dump())
+    elif not path.exists() and base_dir is not None and (base_dir / path).exists():
+        path = base_dir / path
+    return str(path)
+
+
+def _dtype(cfg: Config) -> torch.dtype:
+    # auto: fp32 weights everywhere; on GPU the forward runs in bf16 autocast (mixed precision)
+    return {"auto": torch.float32, "float32": torch.float32, "bfloat16": torch.bfloat16,
+            "float16": torch.float16}[cfg.model.dtype]
+
+
+def load_model(path: str | Path, cfg: Config, trainable: bool = True) -> torch.nn.Module:
+    kwargs: dict[str, Any] = {"dtype": _dtype(cfg)}
+    if cfg.model.attn_implementation:
+        kwargs["attn_implementation"] = cfg.model.attn_implementation
+    model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    if trainable:
+        if cfg.model.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = True  # generation still uses the KV cache
+    else:
+        model.eval().requires_grad_(False)
+    return model
+
+
+def load_tokenizer(path: str | Path) -> Any:
+    tok = AutoTokenizer.from_pretrained(str(path))
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_prompt_sets(cfg: Config, tokenizer: Any, base_dir: Path | None) -> tuple[list[Prompt], list[Prompt]]:
+    d = cfg.data
+    out = []
+    for ds in (d.train, d.eval):
+        if ds is None:
+            out.append([])
+            continue
+        source, rows = load_rows(ds.path, split=ds.split, base_dir=base_dir, synthetic_args=ds.args or None)
+        if ds.limit is not None:
+            rows = rows[: ds.limit]
+        prompts, _ = build_prompts(
+            rows, source, tokenizer, prompt_field=d.prompt_field, prompt_template=d.prompt_template,
+            system_prompt=d.system_prompt, chat_template=d.chat_template, answer_field=d.answer_field,
+            max_prompt_tokens=d.max_prompt_tokens, on_bad_row=d.on_bad_row,
+        )
+        out.append(prompts)
+    return out[0], out[1]
+
+
+def make_reward_runner(cfg: Config, base_dir: Path | None) -> RewardRunner:
+    r = cfg.reward
+    return RewardRunner(
+        reward_specs(cfg), timeout_s=r.timeout_s, on_failure=r.on_failure, workers=r.workers,
+        accuracy=r.accuracy, correct_threshold=r.correct_threshold, base_dir=str(base_dir) if base_dir else None,
+    )
+
+
+def make_plugins(cfg: Config, num_prompts: int, base_dir: Path | None) -> dict[str, Any]:
+    """sampler, allocator, advantage, policy_loss and aggregation, built by name from the registries."""
+    context = {
+        "num_prompts": num_prompts,
+        "seed": cfg.run.seed,
+        "samples_per_prompt": cfg.sampling.samples_per_prompt,
+        "prompts_per_step": cfg.sampling.prompts_per_step,
+        "max_new_tokens": cfg.rollout.max_new_tokens,
+    }
+    sections = {
+        "sampler": (SAMPLER, cfg.sampling.sampler),
+        "allocator": (ALLOCATOR, cfg.sampling.allocator),
+        "advantage": (ADVANTAGE, cfg.advantage),
+        "policy_loss": (POLICY_LOSS, cfg.loss.policy),
+        "aggregation": (AGGREGATION, cfg.loss.aggregation),
+    }
+    return {key: build_plugin(reg, p.name, p.kwargs, context, base_dir) for key, (reg, p) in sections.items()}

@@ -1,0 +1,175 @@
+"""The typed recipe schema. Every key a recipe may set is declared here, with its default.
+
+Plug-in sections (`sampling.sampler`, `sampling.allocator`, `advantage`, `loss.policy`,
+`loss.aggregation`) take a `name` plus the keyword arguments of that plug-in's constructor;
+those are checked against the plug-in's signature in `rlvr.config.load.validate`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Plugin(BaseModel):
+    """`{name: ..., **kwargs}`: kwargs go to the plug-in's constructor/function."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class RunConfig(Section):
+    name: str = "run"
+    output_dir: str = "runs/run"
+    seed: int = 0
+    steps: int = Field(100, ge=1, description="training steps (one rollout + update each)")
+    resume: str = Field("auto", description="'auto' (latest checkpoint in output_dir), 'never', or a path")
+
+
+class TinyModelBuild(Section):
+    arch: Literal["qwen2", "llama"] = "qwen2"
+    hidden_size: int = Field(128, ge=8)
+    num_layers: int = Field(2, ge=1)
+    num_heads: int = Field(4, ge=1)
+    num_kv_heads: int = Field(2, ge=1)
+    head_dim: int = Field(32, ge=4)
+    intermediate_size: int | None = None
+    max_position_embeddings: int = Field(512, ge=16)
+    seed: int = 0
+
+
+class ModelConfig(Section):
+    path: str = Field(..., description="local folder or hub name of a causal LM")
+    build_tiny: TinyModelBuild | None = Field(None, description="build a tiny random model at `path` if absent")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    gradient_checkpointing: bool = False
+    attn_implementation: str | None = None
+    ref_path: str | None = Field(None, description="reference model for KL; default: model.path")
+
+
+class DatasetConfig(Section):
+    path: str
+    split: str | None = None
+    args: dict[str, Any] = Field(default_factory=dict, description="arguments of a synthetic:<task> source")
+    limit: int | None = Field(None, ge=1, description="use only the first `limit` rows")
+
+
+class DataConfig(Section):
+    train: DatasetConfig
+    eval: DatasetConfig | None = None
+    prompt_field: str | None = "prompt"
+    prompt_template: str | None = None
+    system_prompt: str | None = None
+    chat_template: bool = True
+    answer_field: str | None = "answer"
+    max_prompt_tokens: int | None = Field(None, ge=1)
+    on_bad_row: Literal["error", "skip"] = "error"
+
+
+class SamplingConfig(Section):
+    sampler: Plugin = Field(default_factory=lambda: Plugin(name="uniform"))
+    allocator: Plugin = Field(default_factory=lambda: Plugin(name="fixed"))
+    prompts_per_step: int = Field(32, ge=1, description="prompts per step over all processes")
+    samples_per_prompt: int = Field(8, ge=1)
+
+
+class RolloutConfig(Section):
+    engine: Literal["hf"] = "hf"
+    max_new_tokens: int = Field(256, ge=1)
+    temperature: float = Field(1.0, gt=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(0, ge=0, description="0 disables top-k")
+    stop: list[str] = Field(default_factory=list, description="stop strings (kept out of the text)")
+    batch_prompts: int = Field(64, ge=1, description="prompts per generate() call")
+
+
+class RewardFunctionConfig(Section):
+    name: str
+    weight: float = 1.0
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    batched: bool = False
+    label: str | None = None
+    isolate: bool | None = None
+
+
+class RewardConfig(Section):
+    functions: list[RewardFunctionConfig] = Field(..., min_length=1)
+    timeout_s: float = Field(10.0, gt=0.0)
+    on_failure: Literal["zero", "abort"] = "zero"
+    workers: int = Field(1, ge=1)
+    accuracy: str | None = Field(None, description="label of the reward that defines accuracy; default the first")
+    correct_threshold: float = 1.0
+
+
+class KLConfig(Section):
+    coef: float = Field(0.0, ge=0.0, description="0 disables KL and no reference model is loaded")
+    estimator: Literal["k1", "abs", "k2", "k3", "k3+"] = "k3"
+    where: Literal["loss", "reward"] = "loss"
+
+
+class LossConfig(Section):
+    policy: Plugin = Field(default_factory=lambda: Plugin(name="ppo_clip"))
+    aggregation: Plugin = Field(default_factory=lambda: Plugin(name="token_mean"))
+    kl: KLConfig = Field(default_factory=KLConfig)
+
+
+class LearnerConfig(Section):
+    lr: float = Field(1e-6, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = Field(0, ge=0)
+    schedule: Literal["constant", "cosine"] = "constant"
+    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0)
+    max_grad_norm: float | None = Field(1.0, gt=0.0)
+    mini_batches_per_step: int = Field(1, ge=1, description="optimizer steps per RL step")
+    epochs_per_step: int = Field(1, ge=1, description="passes over the step's samples")
+    micro_batch_tokens: int = Field(8192, ge=1, description="token budget of one forward/backward")
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+
+
+class EvalConfig(Section):
+    every: int = Field(0, ge=0, description="steps between evaluations; 0 disables periodic eval")
+    at_start: bool = True
+    max_prompts: int | None = Field(256, ge=1)
+    samples: int = Field(0, ge=0, description="sampled completions per prompt for pass@k / mean@k")
+    ks: list[int] = Field(default_factory=lambda: [1])
+    temperature: float = Field(1.0, gt=0.0)
+    max_new_tokens: int | None = Field(None, ge=1, description="default: rollout.max_new_tokens")
+
+
+class CheckpointConfig(Section):
+    every: int = Field(0, ge=0, description="steps between checkpoints; 0 only at the end")
+    keep_last: int = Field(2, ge=1)
+    at_end: bool = True
+
+
+class MetricsConfig(Section):
+    sinks: list[Literal["console", "jsonl", "tensorboard", "wandb"]] = Field(
+        default_factory=lambda: ["console", "jsonl", "tensorboard"]
+    )
+    wandb_project: str = "rlvr"
+    plot: bool = True
+
+
+class Config(Section):
+    run: RunConfig = Field(default_factory=RunConfig)
+    model: ModelConfig
+    data: DataConfig
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    reward: RewardConfig
+    advantage: Plugin = Field(default_factory=lambda: Plugin(name="grpo"))
+    loss: LossConfig = Field(default_factory=LossConfig)
+    learner: LearnerConfig = Field(default_factory=LearnerConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)

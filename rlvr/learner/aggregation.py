@@ -1,0 +1,51 @@
+"""Loss aggregation (the `aggregation` seam): per-token loss [B, T] -> this micro-batch's share.
+
+Every mode divides by step-global normalisers (`LossNorm`, summed over all micro-batches and
+processes before the update) instead of per-micro-batch counts. Summing the returned values of
+all micro-batches therefore gives exactly the loss of the whole mini-batch, and the gradient does
+not depend on how it was split (the learner multiplies by the process count to undo DDP's mean).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rlvr.registry import AGGREGATION
+from rlvr.types import LossNorm
+
+
+@AGGREGATION.register("token_mean")
+def token_mean(loss: torch.Tensor, mask: torch.Tensor, norm: LossNorm) -> torch.Tensor:
+    """sum_{i,t} m*l / sum_{i,t} m  (DAPO). Longer responses weigh more.
+
+    Example: rows [1, 2 | 3, pad] -> (1 + 2 + 3) / 3 = 2.
+    """
+    return (loss * mask).sum() / max(norm.tokens, 1.0)
+
+
+@AGGREGATION.register("seq_mean_token_mean")
+def seq_mean_token_mean(loss: torch.Tensor, mask: torch.Tensor, norm: LossNorm) -> torch.Tensor:
+    """(1/N) sum_i (1/L_i) sum_t m*l  (original GRPO). Every response weighs the same.
+
+    Example: rows [1, 2 | 3, pad] -> (1.5 + 3) / 2 = 2.25.
+    """
+    per_seq = (loss * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
+    return per_seq.sum() / max(norm.sequences, 1.0)
+
+
+@AGGREGATION.register("seq_mean_token_sum")
+def seq_mean_token_sum(loss: torch.Tensor, mask: torch.Tensor, norm: LossNorm) -> torch.Tensor:
+    """(1/N) sum_{i,t} m*l.
+
+    Example: rows [1, 2 | 3, pad] -> (3 + 3) / 2 = 3.
+    """
+    return (loss * mask).sum() / max(norm.sequences, 1.0)
+
+
+@AGGREGATION.register("dr_grpo")
+def dr_grpo(loss: torch.Tensor, mask: torch.Tensor, norm: LossNorm) -> torch.Tensor:
+    """sum_{i,t} m*l / (N * L_max) with L_max = rollout.max_new_tokens, a constant (Dr. GRPO).
+
+    Example: rows [1, 2 | 3, pad], L_max 4 -> 6 / (2 * 4) = 0.75.
+    """
+    return (loss * mask).sum() / max(norm.sequences * norm.max_response_tokens, 1.0)

@@ -1,0 +1,240 @@
+"""The spine of rlvr: one function that trains a policy from a typed recipe.
+
+Each step: sample prompts -> roll out -> score -> advantages -> pack -> update -> sync weights,
+then metrics, evaluation and checkpoints. No algorithm-specific branches live here: methods
+plug in through the registries (sampler, allocator, advantage, policy_loss, aggregation, reward).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from accelerate.utils import gather_object, set_seed
+
+from rlvr import build
+from rlvr.config import Config, to_yaml
+from rlvr.eval import evaluate, score_rollouts
+from rlvr.learner import Learner
+from rlvr.learner.checkpoint import load_checkpoint_state, resolve_resume, save_checkpoint, set_rng_state
+from rlvr.learner.policy_loss import kl_in_reward
+from rlvr.metrics import MetricsLogger, tensor_stats
+from rlvr.rollout import HFEngine, SamplingParams
+from rlvr.types import AdvantageBatch, AdvantageInput, PromptBatch, Rollouts, ScoredRollouts
+
+
+def train(cfg: Config, base_dir: Path | None = None) -> Path:
+    """Run (or resume) the recipe; returns the run folder."""
+    import rlvr.plugins  # noqa: F401
+
+    acc = build.make_accelerator(cfg)
+    run_dir = Path(cfg.run.output_dir)
+    ckpt = resolve_resume(cfg.run.resume, run_dir)
+    if ckpt is None and cfg.run.resume == "never" and (run_dir / "checkpoints").is_dir():
+        raise FileExistsError(f"run.output_dir: {run_dir} already holds checkpoints; use run.resume=auto "
+                              "or another run.output_dir (nothing was overwritten)")
+    set_seed(cfg.run.seed + acc.process_index)
+    world, rank = acc.num_processes, acc.process_index
+    if cfg.sampling.prompts_per_step % world:
+        raise ValueError(f"sampling.prompts_per_step ({cfg.sampling.prompts_per_step}) must be a multiple "
+                         f"of the number of processes ({world})")
+
+    # ---- models, data, plug-ins -------------------------------------------------------------
+    policy_path = build.model_dir(cfg, base_dir) if acc.is_main_process else None
+    acc.wait_for_everyone()
+    policy_path = policy_path or build.model_dir(cfg, base_dir)
+    tokenizer = build.load_tokenizer(ckpt / "model" if ckpt else policy_path)
+    model = build.load_model(ckpt / "model" if ckpt else policy_path, cfg)
+    ref_model = None
+    if cfg.loss.kl.coef > 0:
+        ref_model = build.load_model(cfg.model.ref_path or policy_path, cfg, trainable=False)
+    train_prompts, eval_prompts = build.load_prompt_sets(cfg, tokenizer, base_dir)
+    plugins = build.make_plugins(cfg, len(train_prompts), base_dir)
+    sampler, allocator, estimator = plugins["sampler"], plugins["allocator"], plugins["advantage"]
+    rewards = build.make_reward_runner(cfg, base_dir)
+    learner = Learner(
+        model, ref_model, acc,
+        policy_loss=plugins["policy_loss"], aggregation=plugins["aggregation"],
+        lr=cfg.learner.lr, weight_decay=cfg.learner.weight_decay, betas=cfg.learner.betas,
+        warmup_steps=cfg.learner.warmup_steps, schedule=cfg.learner.schedule,
+        min_lr_ratio=cfg.learner.min_lr_ratio, total_steps=cfg.run.steps,
+        max_grad_norm=cfg.learner.max_grad_norm, mini_batches_per_step=cfg.learner.mini_batches_per_step,
+        epochs_per_step=cfg.learner.epochs_per_step, micro_batch_tokens=cfg.learner.micro_batch_tokens,
+        temperature=cfg.rollout.temperature, max_new_tokens=cfg.rollout.max_new_tokens,
+        kl_coef=cfg.loss.kl.coef, kl_estimator=cfg.loss.kl.estimator, kl_in_loss=cfg.loss.kl.where == "loss",
+        pad_id=tokenizer.pad_token_id, seed=cfg.run.seed,
+    )
+    engine = HFEngine(learner.unwrapped, tokenizer, batch_prompts=cfg.rollout.batch_prompts)
+    stateful = {"sampler": sampler, "allocator": allocator, "advantage": estimator, "learner": learner}
+
+    start = 0
+    if ckpt is not None:
+        state, rng = load_checkpoint_state(ckpt, rank)
+        for key, obj in stateful.items():
+            if hasattr(obj, "load_state_dict") and key in state["plugins"]:
+                obj.load_state_dict(state["plugins"][key])
+        start = state["step"]
+        if rng is not None:
+            set_rng_state(rng)
+    elif acc.is_main_process and (run_dir / "metrics.jsonl").exists():
+        (run_dir / "metrics.jsonl").unlink()  # a fresh start: no checkpoint refers to these lines
+    logger = MetricsLogger(run_dir, sinks=list(cfg.metrics.sinks), total_steps=cfg.run.steps, start_step=start,
+                           config=cfg.model_dump(mode="json"), wandb_project=cfg.metrics.wandb_project,
+                           run_name=cfg.run.name, is_main=acc.is_main_process)
+    if acc.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(to_yaml(cfg))
+        logger.write(f"rlvr: {cfg.run.name} | policy {policy_path} | {len(train_prompts)} train / "
+                     f"{len(eval_prompts)} eval prompts | {'resuming at step ' + str(start) if ckpt else 'fresh start'}"
+                     f" | {world} process(es) on {acc.device}")
+    params = SamplingParams(max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
+                            top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k, stop=tuple(cfg.rollout.stop))
+
+    def run_eval(step: int) -> None:
+        e = cfg.eval
+        m = evaluate(engine, eval_prompts[: e.max_prompts], rewards,
+                     max_new_tokens=e.max_new_tokens or cfg.rollout.max_new_tokens, stop=params.stop,
+                     samples=e.samples, ks=e.ks, temperature=e.temperature, process_index=rank, num_processes=world)
+        logger.log(step, m)
+
+    def checkpoint(step: int) -> None:
+        state = {"step": step, "plugins": {k: o.state_dict() for k, o in stateful.items() if hasattr(o, "state_dict")}}
+        save_checkpoint(run_dir, step, model=learner.model, tokenizer=tokenizer, state=state,
+                        config_yaml=to_yaml(cfg), keep_last=cfg.checkpoint.keep_last, accelerator=acc)
+
+    if start == 0 and cfg.eval.at_start:
+        run_eval(0)
+
+    # ---- the loop -----------------------------------------------------------------------------
+    for step in range(start + 1, cfg.run.steps + 1):
+        t0 = time.perf_counter()
+
+        # 0. sampling: every process draws the same global prompts and takes its own share
+        chosen = sampler.sample(cfg.sampling.prompts_per_step)
+        counts = allocator.allocate(chosen)
+        share = len(chosen) // world
+        mine = slice(rank * share, (rank + 1) * share)
+        batch = PromptBatch([train_prompts[i] for i in chosen[mine]], counts[mine])
+
+        # 1. rollout
+        t1 = time.perf_counter()
+        rollouts = engine.generate(batch, params)
+
+        # 2. reward
+        t2 = time.perf_counter()
+        scored = score(rewards, rollouts)
+
+        # 3. advantage (on the whole step batch of all processes: groups are complete)
+        t3 = time.perf_counter()
+        old_lp = learner.logprobs(_as_batch(scored), use_ref=False) if learner.needs_old_logprobs else None
+        ref_lp = learner.logprobs(_as_batch(scored), use_ref=True) if ref_model is not None else None
+        shaped = scored.rewards
+        if ref_lp is not None and cfg.loss.kl.where == "reward":
+            shaped = kl_in_reward(scored.rewards, old_lp, ref_lp, rollouts.response_mask, cfg.loss.kl.coef)
+        adv_in, local_rows = gather_advantage_input(scored, shaped, step, rank, world)
+        adv_out = estimator(adv_in)
+        weights = adv_out.weights if adv_out.weights is not None else torch.ones_like(adv_out.advantages)
+        adv_batch = AdvantageBatch(scored, adv_out.advantages[local_rows], weights[local_rows], old_lp, ref_lp)
+
+        # 4 + 5. pack into micro-batches and update the policy; 6. the engine gets the new weights
+        t4 = time.perf_counter()
+        learn_metrics = learner.step(adv_batch)
+        engine.update_weights(learner.unwrapped)
+        t5 = time.perf_counter()
+
+        metrics = {**scored.metrics, **adv_out.metrics, **learn_metrics,
+                   **rollout_metrics(rollouts), **tensor_stats("advantage", adv_batch.advantages)}
+        gen_tokens = float(rollouts.lengths.sum())
+        metrics.update({
+            "perf/rollout_s": t2 - t1, "perf/reward_s": t3 - t2, "perf/advantage_s": t4 - t3,
+            "perf/learn_s": t5 - t4, "perf/step_s": t5 - t0,
+            "perf/rollout_tokens_per_s": gen_tokens / max(t2 - t1, 1e-9),
+            "perf/train_tokens_per_s": _train_tokens(rollouts) * learner.epochs / max(t5 - t4, 1e-9),
+        })
+        logger.log(step, _reduce_metrics(metrics, world))
+
+        if cfg.eval.every and step % cfg.eval.every == 0:
+            run_eval(step)
+        if (cfg.checkpoint.every and step % cfg.checkpoint.every == 0) or (
+            step == cfg.run.steps and cfg.checkpoint.at_end):
+            checkpoint(step)
+
+    if cfg.eval.every and cfg.run.steps % cfg.eval.every and start < cfg.run.steps:
+        run_eval(cfg.run.steps)
+    logger.close()
+    rewards.close()
+    if acc.is_main_process and cfg.metrics.plot and "jsonl" in cfg.metrics.sinks:
+        from rlvr.metrics.plot import plot_run
+
+        png = plot_run(run_dir)
+        print(f"rlvr: curves written to {png}")
+    return run_dir
+
+
+def score(rewards, rollouts: Rollouts) -> ScoredRollouts:
+    res = score_rollouts(rewards, rollouts)
+    return ScoredRollouts(rollouts, res.total, res.components, res.correct, res.metrics)
+
+
+def _as_batch(scored: ScoredRollouts) -> AdvantageBatch:
+    """A batch without advantages, to pack the step's samples for log-prob passes."""
+    n = len(scored.rollouts)
+    return AdvantageBatch(scored, torch.zeros(n), torch.ones(n), None, None)
+
+
+def gather_advantage_input(scored: ScoredRollouts, rewards: torch.Tensor, step: int, rank: int, world: int):
+    """The step batch of all processes as one AdvantageInput, and this process's rows in it.
+
+    Groups never straddle processes (a prompt's samples are generated together), so group ids
+    are made unique by offsetting them with the number of prompts before this process.
+    """
+    ro = scored.rollouts
+    local = {
+        "group": ro.group.tolist(), "rewards": rewards.tolist(), "lengths": ro.lengths.tolist(),
+        "components": {k: v.tolist() for k, v in scored.components.items()},
+        "uids": [ro.prompts[int(g)].uid for g in ro.group], "num_prompts": len(ro.prompts),
+    }
+    parts = gather_object([local]) if world > 1 else [local]
+    group, rew, lengths, uids, comps = [], [], [], [], {k: [] for k in local["components"]}
+    offset, start = 0, 0
+    for i, p in enumerate(parts):
+        if i == rank:
+            start = len(group)
+        group += [g + offset for g in p["group"]]
+        offset += p["num_prompts"]
+        rew += p["rewards"]
+        lengths += p["lengths"]
+        uids += p["uids"]
+        for k in comps:
+            comps[k] += p["components"][k]
+    inp = AdvantageInput(
+        group=torch.tensor(group, dtype=torch.long), rewards=torch.tensor(rew, dtype=torch.float32),
+        components={k: torch.tensor(v) for k, v in comps.items()}, lengths=torch.tensor(lengths),
+        prompt_uids=uids, step=step,
+    )
+    return inp, torch.arange(start, start + len(ro))
+
+
+def rollout_metrics(ro: Rollouts) -> dict[str, float]:
+    lengths = ro.lengths.float()
+    return {
+        "rollout/len_mean": float(lengths.mean()),
+        "rollout/len_max": float(lengths.max()),
+        "rollout/truncated_frac": sum(f == "length" for f in ro.finish_reason) / max(len(ro), 1),
+        "rollout/samples": float(len(ro)),
+    }
+
+
+def _train_tokens(ro: Rollouts) -> float:
+    prompt_tokens = sum(len(ro.prompts[int(g)].token_ids) for g in ro.group)
+    return float(prompt_tokens + ro.lengths.sum())
+
+
+def _reduce_metrics(metrics: dict[str, float], world: int) -> dict[str, float]:
+    """Average per-process metrics over processes (one all-gather of a small dict)."""
+    if world == 1:
+        return metrics
+    parts = gather_object([metrics])
+    keys = set().union(*parts)
+    return {k: sum(p[k] for p in parts if k in p) / sum(k in p for p in parts) for k in keys}

@@ -1,0 +1,192 @@
+"""Calling one reward function on samples so that no sample can take the run down.
+
+The same code runs inline in the main process and inside the pool's worker processes, so both
+paths time, check and report a sample the same way. Nothing here imports torch.
+
+Per-sample deadlines use SIGALRM (`signal.setitimer`), which only the main thread of a process
+can receive. Off the main thread calls run without a deadline; the worker pool has its own
+wall-clock backstop on top (isolation.py). A reward that sets SIGALRM itself (math-verify with its
+own timeouts on) replaces the runner's deadline while it runs.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import reprlib
+import signal
+import threading
+import traceback
+from collections.abc import Callable, Iterator, Sequence, Sized
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+OK, FAILED, TIMED_OUT = "ok", "failed", "timeout"
+
+# What a call yields per sample: (index, value, status, cause, extra metrics or None).
+SampleResult = tuple[int, float, str, str, dict[str, float] | None]
+
+
+class RewardError(RuntimeError):
+    """A reward failed with on_failure="abort", or the reward workers could not start."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One reward as a worker process needs it: a reference string, so user code loads over there."""
+
+    ref: str  # built-in name, "module:fn" or "path/to/file.py:fn"
+    kwargs: dict[str, Any]
+    batched: bool
+
+
+@dataclass
+class Outcome:
+    """What one reward gave on a step's N samples; a failed or timed-out sample keeps value 0.0."""
+
+    values: list[float]  # N
+    failures: dict[int, str] = field(default_factory=dict)  # sample index -> cause
+    timeouts: dict[int, str] = field(default_factory=dict)  # sample index -> cause
+    extras: dict[str, list[float]] = field(default_factory=dict)  # metric -> [sum, count]
+
+    @classmethod
+    def zeros(cls, n: int) -> Outcome:
+        return cls([0.0] * n)
+
+    def add(self, index: int, value: float, status: str, cause: str, extras: dict[str, float] | None) -> None:
+        if status == OK:
+            self.values[index] = value
+        elif status == FAILED:
+            self.failures[index] = cause
+        else:
+            self.timeouts[index] = cause
+        if extras:
+            for key, x in extras.items():
+                acc = self.extras.setdefault(key, [0.0, 0.0])
+                acc[0] += x
+                acc[1] += 1.0
+
+
+class _Deadline(BaseException):
+    """Raised into reward code when its time is up; not an Exception, so a reward's own
+    `except Exception:` cannot swallow it."""
+
+
+_armed = False  # the SIGALRM handler only raises while a call is being timed
+
+
+def _on_alarm(signum: int, frame: Any) -> None:
+    if _armed:
+        raise _Deadline
+
+
+def _start_timer(limit: float) -> None:
+    global _armed
+    _armed = True
+    signal.setitimer(signal.ITIMER_REAL, limit)
+
+
+def _stop_timer() -> None:
+    global _armed
+    _armed = False  # first, so that a signal already on its way is ignored
+    signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+@contextmanager
+def _alarm_handler(timeout_s: float) -> Iterator[float | None]:
+    """Install the SIGALRM handler around a run of calls; yields the per-call limit, or None off
+    the main thread, where Python cannot receive signals."""
+    if threading.current_thread() is not threading.main_thread():
+        yield None
+        return
+    previous = signal.signal(signal.SIGALRM, _on_alarm)
+    try:
+        yield timeout_s
+    finally:
+        _stop_timer()
+        signal.signal(signal.SIGALRM, signal.SIG_DFL if previous is None else previous)
+
+
+def _describe(e: BaseException) -> str:
+    """Exception text plus where it was raised, so an aborted run points at the reward's line."""
+    frames = traceback.extract_tb(e.__traceback__)
+    where = f" (at {frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name})" if frames else ""
+    return f"{type(e).__name__}: {e}{where}"
+
+
+def _finite(x: Any) -> float | None:
+    if not isinstance(x, numbers.Real):
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _show(x: Any) -> str:
+    return repr(x) if isinstance(x, float) else f"{type(x).__name__} {reprlib.repr(x)}"
+
+
+def _checked(index: int, result: Any) -> SampleResult:
+    """Accept a finite real, or (finite real, {name: finite real}); anything else fails the sample."""
+    extras = None
+    if isinstance(result, tuple):
+        if len(result) != 2 or not isinstance(result[1], dict):
+            return index, 0.0, FAILED, f"returned {_show(result)}; expected a score or (score, {{name: value}})", None
+        result, raw = result
+        extras = {}
+        for key, x in raw.items():
+            metric = _finite(x)
+            if metric is None:
+                return index, 0.0, FAILED, f"returned {_show(x)} for metric {key!r}", None
+            extras[str(key)] = metric
+    value = _finite(result)
+    if value is None:
+        return index, 0.0, FAILED, f"returned {_show(result)}", None
+    return index, value, OK, "", extras
+
+
+def _call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], limit: float | None) -> Any:
+    if limit is None:
+        return fn(*args, **kwargs)
+    _start_timer(limit)
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        _stop_timer()
+
+
+def evaluate(fn: Callable[..., Any], job: Job, offset: int, prompts: Sequence[str], completions: Sequence[str],
+             rows: Sequence[dict[str, Any]], timeout_s: float, emit: Callable[..., None]) -> None:
+    """Score samples offset, offset+1, ... and `emit(*SampleResult)` for each, in order.
+
+    Per-sample functions get `timeout_s` per sample; a batched function gets `timeout_s` for the
+    whole call, and a failure of that call fails all its samples.
+    """
+    with _alarm_handler(timeout_s) as limit:
+        if not job.batched:
+            for i, args in enumerate(zip(prompts, completions, rows), start=offset):
+                try:
+                    result = _call(fn, args, job.kwargs, limit)
+                except _Deadline:
+                    emit(i, 0.0, TIMED_OUT, f"timed out after {timeout_s:g}s", None)
+                except Exception as e:  # noqa: BLE001  (any error in reward code fails only its sample)
+                    emit(i, 0.0, FAILED, _describe(e), None)
+                else:
+                    emit(*_checked(i, result))
+            return
+        indices = range(offset, offset + len(completions))
+        try:
+            results = _call(fn, (list(prompts), list(completions), list(rows)), job.kwargs, limit)
+        except _Deadline:
+            return _emit_all(emit, indices, TIMED_OUT, f"timed out after {timeout_s:g}s")
+        except Exception as e:  # noqa: BLE001  (any error in reward code fails only these samples)
+            return _emit_all(emit, indices, FAILED, _describe(e))
+        if not isinstance(results, Sized) or len(results) != len(indices):
+            return _emit_all(emit, indices, FAILED, f"returned {_show(results)}; expected {len(indices)} scores")
+        for i, result in zip(indices, results):
+            emit(*_checked(i, result))
+
+
+def _emit_all(emit: Callable[..., None], indices: range, status: str, cause: str) -> None:
+    for i in indices:
+        emit(i, 0.0, status, cause, None)

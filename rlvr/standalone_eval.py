@@ -1,0 +1,31 @@
+"""`rlvr eval MODEL_DIR RECIPE`: the recipe's evaluation on any saved model folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rlvr import build
+from rlvr.config import Config
+from rlvr.eval import evaluate
+from rlvr.rollout import HFEngine
+
+
+def eval_model(model_dir: str | Path, cfg: Config, base_dir: Path | None = None) -> dict[str, float]:
+    """Greedy accuracy (and pass@k when eval.samples > 0) of `model_dir` on data.eval."""
+    if cfg.data.eval is None:
+        raise ValueError("data.eval: the recipe names no evaluation set")
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tokenizer = build.load_tokenizer(model_dir)
+    model = build.load_model(model_dir, cfg, trainable=False).to(device)
+    _, prompts = build.load_prompt_sets(cfg, tokenizer, base_dir)
+    rewards = build.make_reward_runner(cfg, base_dir)
+    try:
+        e = cfg.eval
+        return evaluate(HFEngine(model, tokenizer, batch_prompts=cfg.rollout.batch_prompts),
+                        prompts[: e.max_prompts], rewards,
+                        max_new_tokens=e.max_new_tokens or cfg.rollout.max_new_tokens, stop=tuple(cfg.rollout.stop),
+                        samples=e.samples, ks=e.ks, temperature=e.temperature)
+    finally:
+        rewards.close()

@@ -1,0 +1,135 @@
+"""Records that flow between the stages of one training step.
+
+Shape letters (used in every docstring and comment):
+    P  prompts in a step
+    G  samples per prompt (G_j when it varies per prompt)
+    N  samples in the step (N = sum_j G_j)
+    T  response tokens (padded width of a tensor)
+    S  full sequence length (prompt + response) in a micro-batch
+    V  vocabulary size
+
+    prompts --sampling--> PromptBatch --rollout--> Rollouts --reward--> ScoredRollouts
+        --advantage--> AdvantageBatch --buffer--> list[MicroBatch] --learner--> metrics
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass
+class Prompt:
+    """One dataset row, templated and tokenised once when the dataset loads."""
+
+    uid: str  # stable across runs: "<source>#<row index>"
+    text: str  # exactly what the policy is conditioned on (chat template applied)
+    token_ids: list[int]
+    answer: str | None  # gold answer for verifiers (None when the task has none)
+    row: dict[str, Any]  # the original row, handed to reward functions
+
+
+@dataclass
+class PromptBatch:
+    """Output of stage 0: which prompts this process generates for, and how many samples each."""
+
+    prompts: list[Prompt]  # P
+    samples_per_prompt: list[int]  # P, G_j
+
+
+@dataclass
+class Rollouts:
+    """Output of stage 1. Row n of every tensor is sample n; samples of a prompt are contiguous."""
+
+    prompts: list[Prompt]  # P
+    group: torch.Tensor  # [N] long, index into `prompts`
+    response_ids: torch.Tensor  # [N, T] long, right-padded with the pad id
+    response_mask: torch.Tensor  # [N, T] float, 1 on generated tokens (EOS included)
+    rollout_logprobs: torch.Tensor  # [N, T] float, log p of each sampled token under the engine
+    texts: list[str]  # N, decoded responses (special tokens and stop strings removed)
+    finish_reason: list[str]  # N, "stop" (EOS or a stop string) or "length"
+
+    @property
+    def lengths(self) -> torch.Tensor:  # [N] long
+        return self.response_mask.sum(-1).long()
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+@dataclass
+class ScoredRollouts:
+    """Output of stage 2: rollouts plus rewards."""
+
+    rollouts: Rollouts
+    rewards: torch.Tensor  # [N] float, weighted sum of the components
+    components: dict[str, torch.Tensor]  # name -> [N] float, unweighted
+    correct: torch.Tensor  # [N] bool, the accuracy reward crossed its threshold
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class AdvantageBatch:
+    """Output of stage 3: one scalar advantage (and loss weight) per sample."""
+
+    scored: ScoredRollouts
+    advantages: torch.Tensor  # [N] float
+    weights: torch.Tensor  # [N] float, per-sample loss weight (1 unless an estimator sets it)
+    old_logprobs: torch.Tensor | None  # [N, T] learner log-probs before the update, if computed
+    ref_logprobs: torch.Tensor | None  # [N, T] reference-model log-probs, if a KL term needs them
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class LossNorm:
+    """Global normalisers of one optimiser step (all processes, all micro-batches).
+
+    Aggregations divide by these instead of per-micro-batch counts, so the gradient does not
+    depend on how the step's batch is split.
+    """
+
+    tokens: float  # sum of response-mask entries
+    sequences: float  # number of samples
+    max_response_tokens: int  # configured constant (Dr. GRPO), never a tensor width
+
+
+@dataclass
+class MicroBatch:
+    """One forward/backward of the learner.
+
+    Prompts are left-padded to a common width and responses right-padded, so the response of
+    every row occupies the same last T columns and its log-probs are one slice of the logits.
+    """
+
+    input_ids: torch.Tensor  # [B, S] long: prompts left-padded, then responses right-padded
+    attention_mask: torch.Tensor  # [B, S] long
+    response_ids: torch.Tensor  # [B, T] long, the last T columns of input_ids
+    response_mask: torch.Tensor  # [B, T] float
+    advantages: torch.Tensor  # [B]
+    weights: torch.Tensor  # [B]
+    old_logprobs: torch.Tensor | None  # [B, T]
+    ref_logprobs: torch.Tensor | None  # [B, T]
+    rollout_logprobs: torch.Tensor  # [B, T]
+    norm: LossNorm
+    index: torch.Tensor  # [B] long, row of each sample in the step's AdvantageBatch
+
+
+@dataclass
+class AdvantageInput:
+    """What an advantage estimator sees: the whole step batch (all processes), per sample."""
+
+    group: torch.Tensor  # [N] long, samples with the same id answer the same prompt in this step
+    rewards: torch.Tensor  # [N] float, weighted total
+    components: dict[str, torch.Tensor]  # name -> [N] float
+    lengths: torch.Tensor  # [N] long, response tokens
+    prompt_uids: list[str]  # N, stable prompt ids (for per-prompt state)
+    step: int
+
+
+@dataclass
+class AdvantageOutput:
+    advantages: torch.Tensor  # [N] float
+    weights: torch.Tensor | None = None  # [N] float per-sample loss weight, None means all ones
+    metrics: dict[str, float] = field(default_factory=dict)
