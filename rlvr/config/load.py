@@ -226,7 +226,7 @@ def _cross_problems(cfg: Config) -> list[str]:
 def _reward_problems(cfg: Config, base_dir: str | Path | None) -> list[str]:
     from rlvr.reward import check_specs
 
-    return check_specs(reward_specs(cfg), base_dir=base_dir)
+    return check_specs(reward_specs(cfg), base_dir=base_dir, accuracy=cfg.reward.accuracy)
 
 
 def reward_specs(cfg: Config) -> list[Any]:

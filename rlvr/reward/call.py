@@ -116,9 +116,10 @@ def _describe(e: BaseException) -> str:
 
 
 def _finite(x: Any) -> float | None:
-    if not isinstance(x, numbers.Real):
-        return None
-    x = float(x)
+    if type(x) is not float:  # the common case skips the ABC check
+        if not isinstance(x, numbers.Real):
+            return None
+        x = float(x)
     return x if math.isfinite(x) else None
 
 
@@ -163,30 +164,34 @@ def evaluate(fn: Callable[..., Any], job: Job, offset: int, prompts: Sequence[st
     whole call, and a failure of that call fails all its samples.
     """
     with _alarm_handler(timeout_s) as limit:
-        if not job.batched:
-            for i, args in enumerate(zip(prompts, completions, rows), start=offset):
-                try:
-                    result = _call(fn, args, job.kwargs, limit)
-                except _Deadline:
-                    emit(i, 0.0, TIMED_OUT, f"timed out after {timeout_s:g}s", None)
-                except Exception as e:  # noqa: BLE001  (any error in reward code fails only its sample)
-                    emit(i, 0.0, FAILED, _describe(e), None)
-                else:
-                    emit(*_checked(i, result))
+        if job.batched:
+            for result in _batch(fn, job.kwargs, offset, prompts, completions, rows, limit, timeout_s):
+                emit(*result)
             return
-        indices = range(offset, offset + len(completions))
-        try:
-            results = _call(fn, (list(prompts), list(completions), list(rows)), job.kwargs, limit)
-        except _Deadline:
-            return _emit_all(emit, indices, TIMED_OUT, f"timed out after {timeout_s:g}s")
-        except Exception as e:  # noqa: BLE001  (any error in reward code fails only these samples)
-            return _emit_all(emit, indices, FAILED, _describe(e))
-        if not isinstance(results, Sized) or len(results) != len(indices):
-            return _emit_all(emit, indices, FAILED, f"returned {_show(results)}; expected {len(indices)} scores")
-        for i, result in zip(indices, results):
-            emit(*_checked(i, result))
+        for i, args in enumerate(zip(prompts, completions, rows), start=offset):
+            try:
+                value = _call(fn, args, job.kwargs, limit)
+            except _Deadline:
+                emit(i, 0.0, TIMED_OUT, f"timed out after {timeout_s:g}s", None)
+            except Exception as e:  # noqa: BLE001  (any error in reward code fails only its sample)
+                emit(i, 0.0, FAILED, _describe(e), None)
+            else:
+                emit(*_checked(i, value))
 
 
-def _emit_all(emit: Callable[..., None], indices: range, status: str, cause: str) -> None:
-    for i in indices:
-        emit(i, 0.0, status, cause, None)
+def _batch(fn: Callable[..., Any], kwargs: dict[str, Any], offset: int, prompts: Sequence[str],
+           completions: Sequence[str], rows: Sequence[dict[str, Any]], limit: float | None,
+           timeout_s: float) -> list[SampleResult]:
+    """One call of a batched function, as per-sample results."""
+    indices = range(offset, offset + len(completions))
+    try:
+        values = _call(fn, (list(prompts), list(completions), list(rows)), kwargs, limit)
+    except _Deadline:
+        return [(i, 0.0, TIMED_OUT, f"timed out after {timeout_s:g}s", None) for i in indices]
+    except Exception as e:  # noqa: BLE001  (any error in reward code fails only these samples)
+        cause = _describe(e)
+        return [(i, 0.0, FAILED, cause, None) for i in indices]
+    if not isinstance(values, Sized) or len(values) != len(indices):
+        cause = f"returned {_show(values)}; expected {len(indices)} scores"
+        return [(i, 0.0, FAILED, cause, None) for i in indices]
+    return [_checked(i, value) for i, value in zip(indices, values)]

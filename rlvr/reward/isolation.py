@@ -30,6 +30,7 @@ from collections import deque
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from typing import Any
 
 import rlvr.reward.builtins  # noqa: F401  (registers the built-ins that workers resolve by name)
@@ -41,7 +42,7 @@ _START_TIMEOUT_S = 120.0  # the first start imports __main__ in the fork server
 _CHUNKS_PER_WORKER = 4
 
 
-def _worker_main(conn: Connection, jobs: list[Job], base_dir: str | None, timeout_s: float) -> None:
+def _worker_main(conn: Connection, jobs: list[Job], base_dir: str | Path | None, timeout_s: float) -> None:
     """Worker process: load every job's function once, then score chunks until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the trainer's to handle; it closes the pool
     try:
@@ -92,7 +93,7 @@ def _context() -> Any:
 class WorkerPool:
     """`workers` processes that score the given jobs; started on first use, reused across steps."""
 
-    def __init__(self, jobs: list[Job], workers: int, timeout_s: float, base_dir: str | None = None):
+    def __init__(self, jobs: list[Job], workers: int, timeout_s: float, base_dir: str | Path | None = None):
         self._jobs = jobs
         self._size = workers
         self._timeout_s = timeout_s

@@ -56,7 +56,7 @@ class RewardResult:
     metrics: dict[str, float]
 
 
-def label_of(spec: RewardSpec) -> str:
+def _label_of(spec: RewardSpec) -> str:
     return spec.label or spec.name.rsplit(":", 1)[-1]
 
 
@@ -91,7 +91,7 @@ def check_specs(specs: list[RewardSpec], base_dir: str | Path | None = None, *,
     not take (or required ones missing), duplicate labels, and an accuracy label that names no reward.
     """
     problems = []
-    labels = [label_of(spec) for spec in specs]
+    labels = [_label_of(spec) for spec in specs]
     for i, spec in enumerate(specs):
         where = f"{_CONFIG_KEY}[{i}]"
         if labels.index(labels[i]) != i:
@@ -136,7 +136,7 @@ class RewardRunner:
 
     def __init__(self, specs: list[RewardSpec], *, timeout_s: float = 10.0, on_failure: str = "zero",
                  workers: int = 1, accuracy: str | None = None, correct_threshold: float = 1.0,
-                 base_dir: str | None = None):
+                 base_dir: str | Path | None = None):
         problems = check_specs(specs, base_dir, accuracy=accuracy)
         if on_failure not in ("zero", "abort"):
             problems.append(f"reward.on_failure: expected 'zero' or 'abort', got {on_failure!r}")
@@ -155,10 +155,10 @@ class RewardRunner:
         self._pool = WorkerPool(isolated, workers, timeout_s, base_dir) if isolated else None
 
     @staticmethod
-    def _resolve(spec: RewardSpec, base_dir: str | None) -> _Reward:
+    def _resolve(spec: RewardSpec, base_dir: str | Path | None) -> _Reward:
         isolate = spec.isolate if spec.isolate is not None else spec.name in ISOLATE
         fn = None if isolate else REWARD.get(spec.name, base_dir)
-        return _Reward(label_of(spec), float(spec.weight), Job(spec.name, dict(spec.kwargs), spec.batched), fn)
+        return _Reward(_label_of(spec), float(spec.weight), Job(spec.name, dict(spec.kwargs), spec.batched), fn)
 
     def score(self, prompts: list[str], completions: list[str], rows: list[dict[str, Any]]) -> RewardResult:
         """Rewards of N samples (sample n: prompts[n], completions[n], rows[n])."""
