@@ -44,6 +44,7 @@ class TinyModelBuild(Section):
     head_dim: int = Field(32, ge=4)
     intermediate_size: int | None = None
     max_position_embeddings: int = Field(512, ge=16)
+    characters: str | None = Field(None, description="vocabulary alphabet; default printable ASCII + newline")
     seed: int = 0
 
 

@@ -37,12 +37,12 @@ class Task(NamedTuple):
     make_row: Callable[..., dict[str, Any]]  # operands -> {"prompt", "answer", operands...}
 
 
-def _mod_sum_row(a: int, b: int) -> dict[str, Any]:
-    return {"prompt": f"{a}+{b}=", "answer": str((a + b) % 10), "a": a, "b": b}
+def _mod_sum_row(a: int, b: int, width: int = 0) -> dict[str, Any]:
+    return {"prompt": f"{a:0{width}d}+{b:0{width}d}=", "answer": str((a + b) % 10), "a": a, "b": b}
 
 
-def _succ_row(a: int) -> dict[str, Any]:
-    return {"prompt": f"{a}>", "answer": str((a + 1) % 10), "a": a}
+def _succ_row(a: int, width: int = 0) -> dict[str, Any]:
+    return {"prompt": f"{a:0{width}d}>", "answer": str((a + 1) % 10), "a": a}
 
 
 TASKS: dict[str, Task] = {"mod_sum": Task(2, _mod_sum_row), "succ": Task(1, _succ_row)}
@@ -57,10 +57,13 @@ def generate(
     max_operand: int = 99,
     test_fraction: float = 0.2,
     split_seed: int = 0,
+    pad_width: int = 0,
 ) -> list[dict[str, Any]]:
     """`num_rows` rows of `task` from one split, the same for the same arguments.
 
     `seed` picks the rows; `split_seed` (keep it equal for train and test) picks the partition.
+    `pad_width` zero-pads operands ("07+85=" with 2): every digit then sits at a fixed position,
+    which a tiny model from random weights finds much faster than variable-width numbers.
     Rows are distinct while the split has enough operand tuples. When it has fewer (succ with
     max_operand 99 has 20 test tuples), rows are drawn with replacement from that split
     only, evenly: every tuple appears floor(n/k) or ceil(n/k) times, so an evaluation over them
@@ -78,7 +81,7 @@ def generate(
             f"synthetic:{task}: the {split} split is empty "
             f"(max_operand={max_operand}, test_fraction={test_fraction})"
         )
-    return [spec.make_row(*ops) for ops in _draw(pool, num_rows, random.Random(seed))]
+    return [spec.make_row(*ops, width=pad_width) for ops in _draw(pool, num_rows, random.Random(seed))]
 
 
 def split_pool(
