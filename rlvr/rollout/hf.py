@@ -8,7 +8,7 @@ separate copy (e.g. a bf16 inference copy of an fp32 learner).
 from __future__ import annotations
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
 
 from rlvr.rollout.base import SamplingParams
 from rlvr.types import PromptBatch, Rollouts
@@ -32,6 +32,26 @@ def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
             ids[i, width - len(s) :] = torch.tensor(s)
             mask[i, width - len(s) :] = 1
     return ids, mask
+
+
+class StopOnStrings(StoppingCriteria):
+    """Stops a row once its *generated* text contains a stop string.
+
+    transformers' own `stop_strings` also matches across the end of the prompt (a prompt ending
+    in "=" with stop "==" stops after one generated "="); serving engines match the completion
+    only, and so does this. Only the last few tokens are decoded each step.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, stops: tuple[str, ...], prompt_width: int):
+        self.tokenizer = tokenizer
+        self.stops = stops
+        self.start = prompt_width
+        self.window = max(len(s) for s in stops) + 1  # every token decodes to >= 1 character
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        tail = input_ids[:, self.start :][:, -self.window :]
+        texts = self.tokenizer.batch_decode(tail, skip_special_tokens=True)
+        return torch.tensor([any(s in t for s in self.stops) for t in texts], device=input_ids.device)
 
 
 class HFEngine:
@@ -84,7 +104,8 @@ class HFEngine:
         else:  # neutralise sampling defaults a checkpoint's generation_config may carry
             kwargs.update(temperature=None, top_p=None, top_k=None)
         if params.stop:
-            kwargs.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
+            stops = StopOnStrings(self.tokenizer, params.stop, input_ids.shape[1])
+            kwargs["stopping_criteria"] = StoppingCriteriaList([stops])
         out = self.model.generate(input_ids=input_ids.to(device), attention_mask=attn.to(device), **kwargs)
         new = out.sequences[:, input_ids.shape[1] :].cpu()
         # log p of each generated token under the policy at this temperature (learner's convention)

@@ -1,0 +1,79 @@
+"""rlvr's per-step cost against a minimal GRPO loop on the same work, in one run.
+
+Both train the quickstart's tiny model (same architecture, tokenizer, seed) on (a+b) mod 10 with
+32 prompts x 8 samples, at most 4 new tokens, lr 3e-4, one update per step, then report the
+held-out greedy accuracy on the same 20 unseen problems.
+
+    python benchmarks/overhead.py [--steps 600]
+
+rlvr's step time is wall clock between consecutive metrics.jsonl lines (so it includes logging);
+its start-up (model build, data, plug-ins) is reported apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from minimal_grpo import run as run_minimal  # noqa: E402
+
+from rlvr.config import load_config  # noqa: E402
+from rlvr.loop import train  # noqa: E402
+
+
+def bench_rlvr(work: Path, steps: int) -> dict[str, float]:
+    cfg = load_config(ROOT / "recipes" / "quickstart.yaml", [
+        f"run.steps={steps}", f"run.output_dir={work / 'rlvr'}", f"model.path={work / 'tiny'}",
+        "run.resume=never", "eval.at_start=false", f"eval.every={steps}", "checkpoint.at_end=false",
+        "metrics.sinks=[jsonl]", "metrics.plot=false",
+    ])
+    t0 = time.time()
+    train(cfg, ROOT / "recipes")
+    rows = [json.loads(line) for line in (work / "rlvr" / "metrics.jsonl").read_text().splitlines()]
+    stamps = [r["time"] for r in rows if "learner/loss" in r]
+    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+    acc = [r["eval/accuracy"] for r in rows if "eval/accuracy" in r][-1]
+    return {"median_step_s": statistics.median(gaps), "mean_step_s": statistics.fmean(gaps),
+            "startup_s": stamps[0] - t0, "accuracy": acc}
+
+
+def bench_minimal(work: Path, steps: int) -> dict[str, float]:
+    from rlvr.models.tiny import ensure_tiny_model
+
+    ensure_tiny_model(work / "tiny", characters="0123456789+=")
+    out = run_minimal(str(work / "tiny"), steps, eval_every=steps, task_args={"max_operand": 9}, log=lambda s: None)
+    return {"median_step_s": statistics.median(out["step_s"]), "mean_step_s": statistics.fmean(out["step_s"]),
+            "startup_s": float("nan"), "accuracy": out["accuracy"][-1]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=600)
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="rlvr-bench-"))
+    try:
+        minimal = bench_minimal(work, args.steps)
+        rlvr = bench_rlvr(work, args.steps)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"\n{args.steps} steps, 32 prompts x 8 samples, tiny Qwen2 (0.3M), (a+b) mod 10, CPU\n")
+    print(f"| {'loop':<12} | median s/step | mean s/step | start-up s | held-out acc |")
+    print(f"|{'-' * 14}|---------------|-------------|------------|--------------|")
+    for name, r in (("minimal", minimal), ("rlvr", rlvr)):
+        print(f"| {name:<12} | {r['median_step_s']:13.4f} | {r['mean_step_s']:11.4f} | {r['startup_s']:10.1f} "
+              f"| {r['accuracy']:12.2f} |")
+    print(f"\nrlvr / minimal per-step time: {rlvr['median_step_s'] / minimal['median_step_s']:.2f}x (median), "
+          f"{rlvr['mean_step_s'] / minimal['mean_step_s']:.2f}x (mean)")
+
+
+if __name__ == "__main__":
+    main()
