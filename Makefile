@@ -12,7 +12,6 @@ install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml constraints/cpu.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e ".[dev]" $(CONSTRAINTS)
 	touch $@
 

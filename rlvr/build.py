@@ -11,7 +11,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlvr.config import Config
 from rlvr.config.load import reward_specs
+from rlvr.config.schema import DatasetConfig
 from rlvr.data import build_prompts, load_rows
+from rlvr.learner import Learner
 from rlvr.registry import ADVANTAGE, AGGREGATION, ALLOCATOR, POLICY_LOSS, SAMPLER, build_plugin
 from rlvr.reward import RewardRunner
 from rlvr.types import Prompt
@@ -63,23 +65,18 @@ def load_tokenizer(path: str | Path) -> Any:
     return tok
 
 
-def load_prompt_sets(cfg: Config, tokenizer: Any, base_dir: Path | None) -> tuple[list[Prompt], list[Prompt]]:
+def load_prompt_set(cfg: Config, ds: DatasetConfig, tokenizer: Any, base_dir: Path | None
+                    ) -> tuple[list[Prompt], dict[str, int]]:
+    """One dataset of the recipe, templated and tokenised; also the row counts (skipped rows by reason)."""
     d = cfg.data
-    out = []
-    for ds in (d.train, d.eval):
-        if ds is None:
-            out.append([])
-            continue
-        source, rows = load_rows(ds.path, split=ds.split, base_dir=base_dir, synthetic_args=ds.args or None)
-        if ds.limit is not None:
-            rows = rows[: ds.limit]
-        prompts, _ = build_prompts(
-            rows, source, tokenizer, prompt_field=d.prompt_field, prompt_template=d.prompt_template,
-            system_prompt=d.system_prompt, chat_template=d.chat_template, answer_field=d.answer_field,
-            max_prompt_tokens=d.max_prompt_tokens, on_bad_row=d.on_bad_row,
-        )
-        out.append(prompts)
-    return out[0], out[1]
+    source, rows = load_rows(ds.path, split=ds.split, base_dir=base_dir, synthetic_args=ds.args or None)
+    if ds.limit is not None:
+        rows = rows[: ds.limit]
+    return build_prompts(
+        rows, source, tokenizer, prompt_field=d.prompt_field, prompt_template=d.prompt_template,
+        system_prompt=d.system_prompt, chat_template=d.chat_template, answer_field=d.answer_field,
+        max_prompt_tokens=d.max_prompt_tokens, on_bad_row=d.on_bad_row,
+    )
 
 
 def make_reward_runner(cfg: Config, base_dir: Path | None) -> RewardRunner:
@@ -107,3 +104,19 @@ def make_plugins(cfg: Config, num_prompts: int, base_dir: Path | None) -> dict[s
         "aggregation": (AGGREGATION, cfg.loss.aggregation),
     }
     return {key: build_plugin(reg, p.name, p.kwargs, context, base_dir) for key, (reg, p) in sections.items()}
+
+
+def make_learner(cfg: Config, model: torch.nn.Module, ref_model: torch.nn.Module | None, acc: Accelerator,
+                 plugins: dict[str, Any], pad_id: int) -> Learner:
+    lc = cfg.learner
+    return Learner(
+        model, ref_model, acc,
+        policy_loss=plugins["policy_loss"], aggregation=plugins["aggregation"],
+        lr=lc.lr, weight_decay=lc.weight_decay, betas=lc.betas, warmup_steps=lc.warmup_steps,
+        schedule=lc.schedule, min_lr_ratio=lc.min_lr_ratio, total_steps=cfg.run.steps,
+        max_grad_norm=lc.max_grad_norm, mini_batches_per_step=lc.mini_batches_per_step,
+        epochs_per_step=lc.epochs_per_step, micro_batch_tokens=lc.micro_batch_tokens,
+        temperature=cfg.rollout.temperature, max_new_tokens=cfg.rollout.max_new_tokens,
+        kl_coef=cfg.loss.kl.coef, kl_estimator=cfg.loss.kl.estimator, kl_in_loss=cfg.loss.kl.where == "loss",
+        pad_id=pad_id, seed=cfg.run.seed,
+    )

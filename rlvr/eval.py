@@ -8,14 +8,9 @@ from typing import Any
 from accelerate.utils import gather_object
 
 from rlvr.metrics import summarize_eval
-from rlvr.reward import RewardRunner
+from rlvr.reward import RewardRunner, score_rollouts
 from rlvr.rollout import RolloutEngine, SamplingParams
-from rlvr.types import Prompt, PromptBatch, Rollouts
-
-
-def score_rollouts(rewards: RewardRunner, ro: Rollouts):
-    prompts = [ro.prompts[int(g)] for g in ro.group]
-    return rewards.score([p.text for p in prompts], ro.texts, [p.row for p in prompts])
+from rlvr.types import Prompt, PromptBatch
 
 
 def _gather(values: list[Any], distributed: bool) -> list[Any]:
@@ -49,7 +44,7 @@ def evaluate(
     acc = sum(correct) / n
     metrics["eval/accuracy"] = acc
     metrics["eval/accuracy_se"] = math.sqrt(acc * (1 - acc) / max(n - 1, 1))
-    metrics["eval/reward_mean"] = sum(_gather(res.total.tolist(), dist)) / n
+    metrics["eval/reward_mean"] = sum(_gather(res.rewards.tolist(), dist)) / n
     metrics["eval/len_mean"] = sum(lengths) / n
     if samples:
         params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, stop=stop)

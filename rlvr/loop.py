@@ -15,11 +15,11 @@ from accelerate.utils import gather_object, set_seed
 
 from rlvr import build
 from rlvr.config import Config, to_yaml
-from rlvr.eval import evaluate, score_rollouts
-from rlvr.learner import Learner
+from rlvr.eval import evaluate
 from rlvr.learner.checkpoint import load_checkpoint_state, resolve_resume, save_checkpoint, set_rng_state
 from rlvr.learner.policy_loss import kl_in_reward
 from rlvr.metrics import MetricsLogger, tensor_stats
+from rlvr.reward import score_rollouts
 from rlvr.rollout import HFEngine, SamplingParams
 from rlvr.types import AdvantageBatch, AdvantageInput, PromptBatch, Rollouts, ScoredRollouts
 
@@ -49,22 +49,12 @@ def train(cfg: Config, base_dir: Path | None = None) -> Path:
     ref_model = None
     if cfg.loss.kl.coef > 0:
         ref_model = build.load_model(cfg.model.ref_path or policy_path, cfg, trainable=False)
-    train_prompts, eval_prompts = build.load_prompt_sets(cfg, tokenizer, base_dir)
+    train_prompts, data_stats = build.load_prompt_set(cfg, cfg.data.train, tokenizer, base_dir)
+    eval_prompts = build.load_prompt_set(cfg, cfg.data.eval, tokenizer, base_dir)[0] if cfg.data.eval else []
     plugins = build.make_plugins(cfg, len(train_prompts), base_dir)
     sampler, allocator, estimator = plugins["sampler"], plugins["allocator"], plugins["advantage"]
     rewards = build.make_reward_runner(cfg, base_dir)
-    learner = Learner(
-        model, ref_model, acc,
-        policy_loss=plugins["policy_loss"], aggregation=plugins["aggregation"],
-        lr=cfg.learner.lr, weight_decay=cfg.learner.weight_decay, betas=cfg.learner.betas,
-        warmup_steps=cfg.learner.warmup_steps, schedule=cfg.learner.schedule,
-        min_lr_ratio=cfg.learner.min_lr_ratio, total_steps=cfg.run.steps,
-        max_grad_norm=cfg.learner.max_grad_norm, mini_batches_per_step=cfg.learner.mini_batches_per_step,
-        epochs_per_step=cfg.learner.epochs_per_step, micro_batch_tokens=cfg.learner.micro_batch_tokens,
-        temperature=cfg.rollout.temperature, max_new_tokens=cfg.rollout.max_new_tokens,
-        kl_coef=cfg.loss.kl.coef, kl_estimator=cfg.loss.kl.estimator, kl_in_loss=cfg.loss.kl.where == "loss",
-        pad_id=tokenizer.pad_token_id, seed=cfg.run.seed,
-    )
+    learner = build.make_learner(cfg, model, ref_model, acc, plugins, pad_id=tokenizer.pad_token_id)
     engine = HFEngine(learner.unwrapped, tokenizer, batch_prompts=cfg.rollout.batch_prompts)
     stateful = {"sampler": sampler, "allocator": allocator, "advantage": estimator, "learner": learner}
 
@@ -88,6 +78,9 @@ def train(cfg: Config, base_dir: Path | None = None) -> Path:
         logger.write(f"rlvr: {cfg.run.name} | policy {policy_path} | {len(train_prompts)} train / "
                      f"{len(eval_prompts)} eval prompts | {'resuming at step ' + str(start) if ckpt else 'fresh start'}"
                      f" | {world} process(es) on {acc.device}")
+        if data_stats["skipped"]:
+            reasons = ", ".join(f"{k} {v}" for k, v in data_stats.items() if k not in ("rows", "skipped") and v)
+            logger.write(f"rlvr: skipped {data_stats['skipped']} of {data_stats['rows']} training rows ({reasons})")
     params = SamplingParams(max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
                             top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k, stop=tuple(cfg.rollout.stop))
 
@@ -123,7 +116,7 @@ def train(cfg: Config, base_dir: Path | None = None) -> Path:
 
         # 2. reward
         t2 = time.perf_counter()
-        scored = score(rewards, rollouts)
+        scored = score_rollouts(rewards, rollouts)
 
         # 3. advantage (on the whole step batch of all processes: groups are complete)
         t3 = time.perf_counter()
@@ -170,11 +163,6 @@ def train(cfg: Config, base_dir: Path | None = None) -> Path:
         png = plot_run(run_dir)
         print(f"rlvr: curves written to {png}")
     return run_dir
-
-
-def score(rewards, rollouts: Rollouts) -> ScoredRollouts:
-    res = score_rollouts(rewards, rollouts)
-    return ScoredRollouts(rollouts, res.total, res.components, res.correct, res.metrics)
 
 
 def _as_batch(scored: ScoredRollouts) -> AdvantageBatch:

@@ -1,8 +1,8 @@
 """Import every built-in plug-in module once so the registries know their names."""
 
-import rlvr.advantage  # noqa: F401
-import rlvr.learner.aggregation  # noqa: F401
-import rlvr.learner.policy_loss  # noqa: F401
+import rlvr.advantage
+import rlvr.learner.aggregation
+import rlvr.learner.policy_loss
 import rlvr.sampling  # noqa: F401
 
 # Arguments rlvr passes to plug-in constructors itself (never set in YAML).

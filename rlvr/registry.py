@@ -18,8 +18,9 @@ import hashlib
 import importlib
 import importlib.util
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 SEAMS = ("sampler", "allocator", "reward", "advantage", "aggregation", "policy_loss")
 

@@ -19,7 +19,7 @@ def eval_model(model_dir: str | Path, cfg: Config, base_dir: Path | None = None)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tokenizer = build.load_tokenizer(model_dir)
     model = build.load_model(model_dir, cfg, trainable=False).to(device)
-    _, prompts = build.load_prompt_sets(cfg, tokenizer, base_dir)
+    prompts, _ = build.load_prompt_set(cfg, cfg.data.eval, tokenizer, base_dir)
     rewards = build.make_reward_runner(cfg, base_dir)
     try:
         e = cfg.eval

@@ -1,3 +1,3 @@
-from rlvr.advantage.grpo import DrGRPO, GRPO, group_relative_advantages, group_stats, zero_std_fraction
+from rlvr.advantage.grpo import GRPO, DrGRPO, group_relative_advantages, group_stats, zero_std_fraction
 
 __all__ = ["GRPO", "DrGRPO", "group_relative_advantages", "group_stats", "zero_std_fraction"]

@@ -12,9 +12,11 @@ from __future__ import annotations
 import copy
 import difflib
 import inspect
+import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -97,7 +99,7 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
         if not (inspect.isclass(model) and issubclass(model, BaseModel)) or part not in model.model_fields:
             return None
         model = model.model_fields[part].annotation
-        while typing.get_origin(model) in (typing.Union, list, getattr(__import__("types"), "UnionType")):
+        while typing.get_origin(model) in (typing.Union, list, types.UnionType):
             args = [a for a in typing.get_args(model) if a is not type(None)]
             model = args[0] if args else None
     return model if inspect.isclass(model) and issubclass(model, BaseModel) else None
@@ -105,7 +107,7 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
 
 def _all_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
     keys = []
-    for name, field in model.model_fields.items():
+    for name in model.model_fields:
         keys.append(prefix + name)
         sub = _model_at((*(prefix.rstrip(".").split(".") if prefix else ()), name, "x"))
         if sub is not None and sub is not Plugin:

@@ -9,8 +9,9 @@ micro-batch or process split.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from contextlib import nullcontext
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from accelerate import Accelerator

@@ -173,7 +173,7 @@ def evaluate(fn: Callable[..., Any], job: Job, offset: int, prompts: Sequence[st
                 value = _call(fn, args, job.kwargs, limit)
             except _Deadline:
                 emit(i, 0.0, TIMED_OUT, f"timed out after {timeout_s:g}s", None)
-            except Exception as e:  # noqa: BLE001  (any error in reward code fails only its sample)
+            except Exception as e:
                 emit(i, 0.0, FAILED, _describe(e), None)
             else:
                 emit(*_checked(i, value))
@@ -188,7 +188,7 @@ def _batch(fn: Callable[..., Any], kwargs: dict[str, Any], offset: int, prompts:
         values = _call(fn, (list(prompts), list(completions), list(rows)), kwargs, limit)
     except _Deadline:
         return [(i, 0.0, TIMED_OUT, f"timed out after {timeout_s:g}s", None) for i in indices]
-    except Exception as e:  # noqa: BLE001  (any error in reward code fails only these samples)
+    except Exception as e:
         cause = _describe(e)
         return [(i, 0.0, FAILED, cause, None) for i in indices]
     if not isinstance(values, Sized) or len(values) != len(indices):

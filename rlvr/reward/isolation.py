@@ -47,7 +47,7 @@ def _worker_main(conn: Connection, jobs: list[Job], base_dir: str | Path | None,
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the trainer's to handle; it closes the pool
     try:
         fns = [REWARD.get(job.ref, base_dir) for job in jobs]
-    except Exception as e:  # noqa: BLE001  (reported to the trainer, which raises it)
+    except Exception as e:
         conn.send(("error", f"{type(e).__name__}: {e}"))
         return
     if "torch" in sys.modules:  # many workers each with a full intra-op thread pool would oversubscribe

@@ -125,7 +125,7 @@ class HFEngine:
         """
         toks = tokens.tolist()
         end = next((i for i, t in enumerate(toks) if t in self.eos_ids or t == self.pad_id), len(toks))
-        decode = lambda n: self.tokenizer.decode(toks[:n], skip_special_tokens=True)  # noqa: E731
+        decode = lambda n: self.tokenizer.decode(toks[:n], skip_special_tokens=True)
         text = decode(end)
         hits = [(text.find(s), s) for s in stop if s and s in text]
         if hits:

@@ -7,6 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 import rlvr.loop
+from rlvr.learner import Learner
 from tests.integration.conftest import ROOT, run_recipe
 
 RECIPE = ROOT / "recipes" / "debug" / "grpo_kl_loss.yaml"
@@ -47,8 +48,8 @@ def test_killed_run_resumes_to_identical_steps(tmp_path, models_dir, monkeypatch
     # a half-written checkpoint from a crash mid-save must be ignored by resume: auto
     (tmp_path / "resumed" / "checkpoints" / ".tmp-step_0000003").mkdir()
     calls = []
-    real_step = rlvr.loop.Learner.step
-    monkeypatch.setattr(rlvr.loop.Learner, "step", lambda self, batch: calls.append(1) or real_step(self, batch))
+    real_step = Learner.step
+    monkeypatch.setattr(Learner, "step", lambda self, batch: calls.append(1) or real_step(self, batch))
     resumed = run_recipe(RECIPE, tmp_path / "resumed", models_dir, *OVERRIDES)
     assert len(calls) == 2  # steps 3 and 4 only: it resumed, it did not start over
 

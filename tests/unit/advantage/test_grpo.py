@@ -1,6 +1,6 @@
 import torch
 
-from rlvr.advantage import DrGRPO, GRPO, group_relative_advantages, group_stats, zero_std_fraction
+from rlvr.advantage import GRPO, DrGRPO, group_relative_advantages, group_stats, zero_std_fraction
 from rlvr.types import AdvantageInput
 
 

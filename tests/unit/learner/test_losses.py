@@ -36,7 +36,7 @@ def test_aggregation_is_invariant_to_micro_batch_split(agg):
     norm = full_norm(mask, 7)
     whole = agg(loss, mask, norm)
     for chunks in ([3, 3, 4], [1] * 10, [7, 3]):
-        parts = sum(agg(l, m, norm) for l, m in zip(loss.split(chunks), mask.split(chunks)))
+        parts = sum(agg(lo, m, norm) for lo, m in zip(loss.split(chunks), mask.split(chunks)))
         close(parts, whole)
 
 

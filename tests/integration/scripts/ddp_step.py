@@ -1,0 +1,69 @@
+"""One learner step on a fixed global batch; run alone or under torchrun (gloo, CPU).
+
+    python ddp_step.py MODEL_DIR OUT.pt
+    torchrun --nproc_per_node 2 ddp_step.py MODEL_DIR OUT.pt
+
+Every process builds the same 4-prompt x 3-sample batch from a fixed seed and keeps its share of
+the prompts (complete groups), exactly as the training loop does. Rank 0 saves the global
+metrics and the gradients, so the caller can compare 1 process with 2.
+"""
+
+import sys
+
+import torch
+from accelerate import Accelerator
+from transformers import AutoModelForCausalLM
+
+from rlvr.learner import Learner, ppo_clip
+from rlvr.learner.aggregation import seq_mean_token_mean
+from rlvr.types import AdvantageBatch, Prompt, Rollouts, ScoredRollouts
+
+P, G, T = 4, 3, 6
+
+
+def global_batch() -> list[tuple[Prompt, list[int], float]]:
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for j in range(P):
+        prompt = Prompt(f"p#{j}", "", torch.randint(4, 90, (3 + j,), generator=g).tolist(), "0", {})
+        for _ in range(G):
+            # later prompts get longer answers, so the two processes pack different micro-batch counts
+            n = int(torch.randint(1 + j, T + 1, (1,), generator=g)) if j < 2 else T
+            rows.append((prompt, torch.randint(4, 90, (n,), generator=g).tolist(), float(torch.randn(1, generator=g))))
+    return rows
+
+
+def local_batch(rank: int, world: int) -> AdvantageBatch:
+    rows = global_batch()
+    per = P // world
+    mine = rows[rank * per * G : (rank + 1) * per * G]
+    prompts = list(dict.fromkeys(p.uid for p, _, _ in mine))
+    by_uid = {p.uid: p for p, _, _ in mine}
+    n = len(mine)
+    ids = torch.zeros(n, T, dtype=torch.long)
+    mask = torch.zeros(n, T)
+    for i, (_, resp, _) in enumerate(mine):
+        ids[i, : len(resp)] = torch.tensor(resp)
+        mask[i, : len(resp)] = 1
+    ro = Rollouts([by_uid[u] for u in prompts], torch.tensor([prompts.index(p.uid) for p, _, _ in mine]),
+                  ids, mask, torch.zeros(n, T), [""] * n, ["stop"] * n)
+    scored = ScoredRollouts(ro, torch.zeros(n), {}, torch.zeros(n, dtype=torch.bool))
+    return AdvantageBatch(scored, torch.tensor([a for _, _, a in mine]), torch.ones(n), None, None)
+
+
+def main(model_dir: str, out: str) -> None:
+    acc = Accelerator(cpu=True)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    learner = Learner(model, None, acc, policy_loss=ppo_clip, aggregation=seq_mean_token_mean, lr=1e-3,
+                      weight_decay=0.0, betas=(0.9, 0.999), warmup_steps=0, schedule="constant", min_lr_ratio=0.0,
+                      total_steps=1, max_grad_norm=None, mini_batches_per_step=1, epochs_per_step=1,
+                      micro_batch_tokens=40, temperature=1.0, max_new_tokens=T, kl_coef=0.0, kl_estimator="k3",
+                      kl_in_loss=True, pad_id=0, seed=0)
+    metrics = learner.step(local_batch(acc.process_index, acc.num_processes))
+    if acc.is_main_process:
+        grads = {k: p.grad.detach().clone() for k, p in learner.unwrapped.named_parameters()}
+        torch.save({"metrics": metrics, "grads": grads, "world": acc.num_processes}, out)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
