@@ -31,3 +31,32 @@ def test_debug_recipe_two_steps(recipe, tmp_path, models_dir):
     assert (run_dir / "checkpoints").is_dir()
     last = sorted((run_dir / "checkpoints").iterdir())[-1]
     assert (last / "model" / "model.safetensors").is_file() and (last / "state.pt").is_file()
+
+
+@pytest.mark.slow
+def test_standalone_eval_reproduces_the_in_training_eval(tmp_path, models_dir, capsys):
+    from rlvr.cli import main
+
+    recipe = ROOT / "recipes" / "debug" / "grpo_kl_loss.yaml"
+    run_dir = run_recipe(recipe, tmp_path / "run", models_dir, "eval.samples=0", "eval.ks=[1]")
+    in_training = [r for r in read_metrics(run_dir) if "eval/accuracy" in r and r["step"] == 2][0]
+    model = run_dir / "checkpoints" / "step_0000002" / "model"
+    capsys.readouterr()
+    overrides = [f"model.path={models_dir / 'tiny-qwen2'}", "eval.samples=0", "eval.ks=[1]"]
+    assert main(["eval", str(model), str(recipe), *overrides]) == 0
+    standalone = json.loads(capsys.readouterr().out)
+    for key in ("eval/accuracy", "eval/len_mean", "eval/reward_mean"):
+        assert standalone[key] == pytest.approx(in_training[key]), key
+
+
+@pytest.mark.slow
+def test_cli_train_and_plot(tmp_path, models_dir):
+    from rlvr.cli import main
+
+    recipe = ROOT / "recipes" / "debug" / "dr_grpo_kl_reward.yaml"
+    out = tmp_path / "run"
+    args = [f"model.path={models_dir / 'tiny-llama'}", f"run.output_dir={out}", "run.steps=1", "metrics.sinks=[jsonl]"]
+    assert main(["train", str(recipe), *args]) == 0
+    assert [r["step"] for r in read_metrics(out) if "learner/loss" in r] == [1]
+    assert main(["plot", str(out), "--out", str(tmp_path / "c.png")]) == 0
+    assert (tmp_path / "c.png").stat().st_size > 10_000
