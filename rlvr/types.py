@@ -126,6 +126,7 @@ class AdvantageInput:
     lengths: torch.Tensor  # [N] long, response tokens
     prompt_uids: list[str]  # N, stable prompt ids (for per-prompt state)
     step: int
+    strata: list[Any] | None = None  # N, structural stratum key per sample (stratified estimators)
 
 
 @dataclass
