@@ -14,14 +14,17 @@ import torch
 from accelerate.utils import gather_object, set_seed
 
 from rlvr import build
+from rlvr.advantage.filters import concat_scored, informative_groups, select_groups
 from rlvr.config import Config, to_yaml
 from rlvr.eval import evaluate
 from rlvr.learner.checkpoint import load_checkpoint_state, resolve_resume, save_checkpoint, set_rng_state
 from rlvr.learner.policy_loss import kl_in_reward
 from rlvr.metrics import MetricsLogger, tensor_stats
+from rlvr.registry import load_object
 from rlvr.reward import score_rollouts
 from rlvr.rollout import HFEngine, SamplingParams
-from rlvr.types import AdvantageBatch, AdvantageInput, PromptBatch, Rollouts, ScoredRollouts
+from rlvr.services import Services
+from rlvr.types import AdvantageBatch, AdvantageInput, PromptBatch, Rollouts, ScoredRollouts, StepOutcome
 
 
 def train(cfg: Config, base_dir: Path | None = None) -> Path:
@@ -57,6 +60,7 @@ def train(cfg: Config, base_dir: Path | None = None) -> Path:
     learner = build.make_learner(cfg, model, ref_model, acc, plugins, pad_id=tokenizer.pad_token_id)
     engine = HFEngine(learner.unwrapped, tokenizer, batch_prompts=cfg.rollout.batch_prompts)
     stateful = {"sampler": sampler, "allocator": allocator, "advantage": estimator, "learner": learner}
+    stratum_fn = load_object(cfg.rollout.stratum, base_dir) if cfg.rollout.stratum else None
 
     start = 0
     if ckpt is not None:
@@ -83,6 +87,11 @@ def train(cfg: Config, base_dir: Path | None = None) -> Path:
             logger.write(f"rlvr: skipped {data_stats['skipped']} of {data_stats['rows']} training rows ({reasons})")
     params = SamplingParams(max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
                             top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k, stop=tuple(cfg.rollout.stop))
+    services = Services(engine=engine, learner=learner, rewards=rewards, prompts=train_prompts, params=params,
+                        rank=rank, world=world)
+
+    def hooked(method: str) -> list:
+        return [p for p in (sampler, allocator, estimator) if callable(getattr(p, method, None))]
 
     def run_eval(step: int) -> None:
         e = cfg.eval
@@ -103,20 +112,19 @@ def train(cfg: Config, base_dir: Path | None = None) -> Path:
     for step in range(start + 1, cfg.run.steps + 1):
         t0 = time.perf_counter()
 
-        # 0. sampling: every process draws the same global prompts and takes its own share
-        chosen = sampler.sample(cfg.sampling.prompts_per_step)
-        counts = allocator.allocate(chosen)
-        share = len(chosen) // world
-        mine = slice(rank * share, (rank + 1) * share)
-        batch = PromptBatch([train_prompts[i] for i in chosen[mine]], counts[mine])
+        # hooks that need work beyond the step's batch (e.g. VAS re-scoring, GVM estimation)
+        hook_metrics = {}
+        for plugin in hooked("refresh"):
+            hook_metrics.update(plugin.refresh(step, services) or {})
 
-        # 1. rollout
+        # 0-2. sample prompts, roll out, score; with dynamic sampling, drop zero-variance groups
+        # and refill (every process draws the same global prompts and takes its own share)
         t1 = time.perf_counter()
-        rollouts = engine.generate(batch, params)
-
-        # 2. reward
-        t2 = time.perf_counter()
-        scored = score_rollouts(rewards, rollouts)
+        scored, prompt_indices, sampling_metrics = collect(
+            sampler, allocator, engine, rewards, train_prompts, params, cfg.sampling, rank, world, tokenizer.pad_token_id
+        )
+        rollouts = scored.rollouts
+        t3 = time.perf_counter()
 
         # 3. advantage (on the whole step batch of all processes: groups are complete)
         t3 = time.perf_counter()
@@ -125,7 +133,8 @@ def train(cfg: Config, base_dir: Path | None = None) -> Path:
         shaped = scored.rewards
         if ref_lp is not None and cfg.loss.kl.where == "reward":
             shaped = kl_in_reward(scored.rewards, old_lp, ref_lp, rollouts.response_mask, cfg.loss.kl.coef)
-        adv_in, local_rows = gather_advantage_input(scored, shaped, step, rank, world)
+        strata = [stratum_fn(t) for t in rollouts.texts] if stratum_fn else None
+        adv_in, local_rows = gather_advantage_input(scored, shaped, step, rank, world, strata)
         adv_out = estimator(adv_in)
         weights = adv_out.weights if adv_out.weights is not None else torch.ones_like(adv_out.advantages)
         adv_batch = AdvantageBatch(scored, adv_out.advantages[local_rows], weights[local_rows], old_lp, ref_lp)
@@ -136,13 +145,19 @@ def train(cfg: Config, base_dir: Path | None = None) -> Path:
         engine.update_weights(learner.unwrapped)
         t5 = time.perf_counter()
 
-        metrics = {**scored.metrics, **adv_out.metrics, **learn_metrics,
+        # 7. stateful plug-ins learn from the step (e.g. VADE posteriors, SPO tracker)
+        if hooked("observe"):
+            outcome = gather_outcome(scored, prompt_indices, step, world)
+            for plugin in hooked("observe"):
+                hook_metrics.update(plugin.observe(outcome, services) or {})
+
+        metrics = {**scored.metrics, **sampling_metrics, **hook_metrics, **adv_out.metrics, **learn_metrics,
                    **rollout_metrics(rollouts), **tensor_stats("advantage", adv_batch.advantages)}
         gen_tokens = float(rollouts.lengths.sum())
         metrics.update({
-            "perf/rollout_s": t2 - t1, "perf/reward_s": t3 - t2, "perf/advantage_s": t4 - t3,
+            "perf/rollout_s": t3 - t1 - scored.metrics.get("perf/reward_s", 0.0), "perf/advantage_s": t4 - t3,
             "perf/learn_s": t5 - t4, "perf/step_s": t5 - t0,
-            "perf/rollout_tokens_per_s": gen_tokens / max(t2 - t1, 1e-9),
+            "perf/rollout_tokens_per_s": gen_tokens / max(t3 - t1 - scored.metrics.get("perf/reward_s", 0.0), 1e-9),
             "perf/train_tokens_per_s": _train_tokens(rollouts) * learner.epochs / max(t5 - t4, 1e-9),
         })
         logger.log(step, _reduce_metrics(metrics, world))
@@ -165,13 +180,83 @@ def train(cfg: Config, base_dir: Path | None = None) -> Path:
     return run_dir
 
 
+def collect(sampler, allocator, engine, rewards, prompts, params, sc, rank: int, world: int, pad_id: int):
+    """Stages 0-2 of a step: this process's scored groups, their dataset indices, and metrics.
+
+    Without dynamic sampling this is one round: draw prompts_per_step prompts, keep this
+    process's share, generate, score. With `filter_zero_variance` the groups whose rewards are
+    all equal are dropped; with `refill` more rounds follow until every process has its share of
+    informative groups (or max_rounds), and the surplus is cut.
+    """
+    dyn = sc.dynamic
+    want = sc.prompts_per_step // world
+    kept, indices, metrics = None, [], {}
+    generated = dropped = rounds = 0
+    while True:
+        chosen = sampler.sample(sc.prompts_per_step)
+        counts = allocator.allocate(chosen)
+        mine = slice(rank * want, (rank + 1) * want)
+        batch = PromptBatch([prompts[i] for i in chosen[mine]], counts[mine])
+        scored = score_rollouts(rewards, engine.generate(batch, params))
+        local = list(chosen[mine])
+        metrics = metrics or dict(scored.metrics)
+        last_round = scored, local
+        rounds += 1
+        generated += len(local)
+        if dyn.filter_zero_variance:
+            keep = informative_groups(scored).nonzero().flatten().tolist()
+            dropped += len(local) - len(keep)
+            scored, local = select_groups(scored, keep), [local[g] for g in keep]
+        if local:
+            kept = scored if kept is None else concat_scored(kept, scored, pad_id)
+            indices += local
+        if not dyn.refill or rounds >= dyn.max_rounds or _all(len(indices) >= want, world):
+            break
+    if kept is None:  # nothing informative: train on the last round (zero advantage, processes stay in step)
+        kept, indices = last_round
+    if dyn.refill and len(indices) > want:
+        kept, indices = select_groups(kept, list(range(want))), indices[:want]
+    kept.metrics = metrics
+    if dyn.filter_zero_variance:
+        metrics.update({"sampling/rounds": float(rounds), "sampling/generated_groups": float(generated),
+                        "sampling/dropped_frac": dropped / max(generated, 1), "sampling/groups": float(len(indices))})
+    return kept, indices, metrics
+
+
+def _all(flag: bool, world: int) -> bool:
+    """True on every process when `flag` is true on every process."""
+    return flag if world == 1 else all(gather_object([flag]))
+
+
+def gather_outcome(scored: ScoredRollouts, prompt_indices: list[int], step: int, world: int) -> StepOutcome:
+    """The step's results of all processes, for plug-ins that learn from them."""
+    ro = scored.rollouts
+    local = {"indices": prompt_indices, "group": ro.group.tolist(), "rewards": scored.rewards.tolist(),
+             "correct": scored.correct.tolist(), "lengths": ro.lengths.tolist(),
+             "uids": [ro.prompts[int(g)].uid for g in ro.group],
+             "responses": [ro.response_ids[i, : int(n)].tolist() for i, n in enumerate(ro.lengths)]}
+    parts = gather_object([local]) if world > 1 else [local]
+    indices, group, rew, correct, lengths, uids, responses = [], [], [], [], [], [], []
+    for p in parts:
+        group += [g + len(indices) for g in p["group"]]
+        indices += p["indices"]
+        rew += p["rewards"]
+        correct += p["correct"]
+        lengths += p["lengths"]
+        uids += p["uids"]
+        responses += p["responses"]
+    return StepOutcome(step, indices, torch.tensor(group, dtype=torch.long), uids, torch.tensor(rew),
+                       torch.tensor(correct, dtype=torch.bool), torch.tensor(lengths, dtype=torch.long), responses)
+
+
 def _as_batch(scored: ScoredRollouts) -> AdvantageBatch:
     """A batch without advantages, to pack the step's samples for log-prob passes."""
     n = len(scored.rollouts)
     return AdvantageBatch(scored, torch.zeros(n), torch.ones(n), None, None)
 
 
-def gather_advantage_input(scored: ScoredRollouts, rewards: torch.Tensor, step: int, rank: int, world: int):
+def gather_advantage_input(scored: ScoredRollouts, rewards: torch.Tensor, step: int, rank: int, world: int,
+                           strata: list | None = None):
     """The step batch of all processes as one AdvantageInput, and this process's rows in it.
 
     Groups never straddle processes (a prompt's samples are generated together), so group ids
@@ -182,9 +267,11 @@ def gather_advantage_input(scored: ScoredRollouts, rewards: torch.Tensor, step: 
         "group": ro.group.tolist(), "rewards": rewards.tolist(), "lengths": ro.lengths.tolist(),
         "components": {k: v.tolist() for k, v in scored.components.items()},
         "uids": [ro.prompts[int(g)].uid for g in ro.group], "num_prompts": len(ro.prompts),
+        "strata": strata,
     }
     parts = gather_object([local]) if world > 1 else [local]
     group, rew, lengths, uids, comps = [], [], [], [], {k: [] for k in local["components"]}
+    all_strata = [] if strata is not None else None
     offset, start = 0, 0
     for i, p in enumerate(parts):
         if i == rank:
@@ -196,10 +283,12 @@ def gather_advantage_input(scored: ScoredRollouts, rewards: torch.Tensor, step: 
         uids += p["uids"]
         for k in comps:
             comps[k] += p["components"][k]
+        if all_strata is not None:
+            all_strata += p["strata"]
     inp = AdvantageInput(
         group=torch.tensor(group, dtype=torch.long), rewards=torch.tensor(rew, dtype=torch.float32),
         components={k: torch.tensor(v) for k, v in comps.items()}, lengths=torch.tensor(lengths),
-        prompt_uids=uids, step=step,
+        prompt_uids=uids, step=step, strata=all_strata,
     )
     return inp, torch.arange(start, start + len(ro))
 

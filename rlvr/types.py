@@ -134,3 +134,21 @@ class AdvantageOutput:
     advantages: torch.Tensor  # [N] float
     weights: torch.Tensor | None = None  # [N] float per-sample loss weight, None means all ones
     metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class StepOutcome:
+    """What stateful plug-ins see after the update of a step: the whole step batch, all processes.
+
+    Plug-ins with an `observe(outcome, services)` method get this (P5 in the spec): e.g. VADE
+    updates its posteriors from group results, SPO its tracker.
+    """
+
+    step: int
+    prompt_indices: list[int]  # G groups: dataset index of each group's prompt
+    group: torch.Tensor  # [N] long, index into prompt_indices
+    prompt_uids: list[str]  # N
+    rewards: torch.Tensor  # [N] float (weighted total, before any KL shaping)
+    correct: torch.Tensor  # [N] bool
+    lengths: torch.Tensor  # [N] long
+    response_ids: list[list[int]]  # N, generated tokens (EOS included)

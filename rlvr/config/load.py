@@ -22,7 +22,16 @@ import yaml
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from rlvr.config.schema import Config, Plugin
-from rlvr.registry import ADVANTAGE, AGGREGATION, ALLOCATOR, POLICY_LOSS, SAMPLER, Registry, RegistryError
+from rlvr.registry import (
+    ADVANTAGE,
+    AGGREGATION,
+    ALLOCATOR,
+    POLICY_LOSS,
+    SAMPLER,
+    Registry,
+    RegistryError,
+    load_object,
+)
 
 
 class ConfigError(ValueError):
@@ -208,7 +217,7 @@ def _plugin_problems(cfg: Config, base_dir: str | Path | None) -> list[str]:
     return problems
 
 
-def _cross_problems(cfg: Config) -> list[str]:
+def _cross_problems(cfg: Config, base_dir: str | Path | None = None) -> list[str]:
     problems = []
     if cfg.eval.samples and any(k > cfg.eval.samples for k in cfg.eval.ks):
         problems.append(f"eval.ks: every k must be <= eval.samples ({cfg.eval.samples}), got {cfg.eval.ks}")
@@ -216,6 +225,13 @@ def _cross_problems(cfg: Config) -> list[str]:
         problems.append("eval.ks: pass@k needs eval.samples >= max(k), but eval.samples is 0")
     if (cfg.eval.every or cfg.eval.at_start) and cfg.data.eval is None:
         problems.append("data.eval: required when eval.every > 0 or eval.at_start is true")
+    if cfg.sampling.dynamic.refill and not cfg.sampling.dynamic.filter_zero_variance:
+        problems.append("sampling.dynamic.refill: needs sampling.dynamic.filter_zero_variance: true")
+    if cfg.rollout.stratum is not None:
+        try:
+            load_object(cfg.rollout.stratum, base_dir)
+        except RegistryError as e:
+            problems.append(f"rollout.stratum: {e}")
     if cfg.data.prompt_field is None and cfg.data.prompt_template is None:
         problems.append("data.prompt_field: set it or data.prompt_template")
     n = cfg.sampling.prompts_per_step * cfg.sampling.samples_per_prompt
@@ -261,7 +277,7 @@ def validate(raw: dict[str, Any], base_dir: str | Path | None = None, source: st
         cfg = Config.model_validate(raw)
     except ValidationError as e:
         raise ConfigError([_explain(err) for err in e.errors()], source) from None
-    problems = _plugin_problems(cfg, base_dir) + _reward_problems(cfg, base_dir) + _cross_problems(cfg)
+    problems = _plugin_problems(cfg, base_dir) + _reward_problems(cfg, base_dir) + _cross_problems(cfg, base_dir)
     if problems:
         raise ConfigError(problems, source)
     return cfg

@@ -76,11 +76,18 @@ class DataConfig(Section):
     on_bad_row: Literal["error", "skip"] = "error"
 
 
+class DynamicSamplingConfig(Section):
+    filter_zero_variance: bool = Field(False, description="drop groups whose rewards are all equal (DAPO)")
+    refill: bool = Field(False, description="sample more prompts until prompts_per_step informative groups")
+    max_rounds: int = Field(4, ge=1, description="generation rounds per step at most when refilling")
+
+
 class SamplingConfig(Section):
     sampler: Plugin = Field(default_factory=lambda: Plugin(name="uniform"))
     allocator: Plugin = Field(default_factory=lambda: Plugin(name="fixed"))
     prompts_per_step: int = Field(32, ge=1, description="prompts per step over all processes")
     samples_per_prompt: int = Field(8, ge=1)
+    dynamic: DynamicSamplingConfig = Field(default_factory=DynamicSamplingConfig)
 
 
 class RolloutConfig(Section):
@@ -91,6 +98,8 @@ class RolloutConfig(Section):
     top_k: int = Field(0, ge=0, description="0 disables top-k")
     stop: list[str] = Field(default_factory=list, description="stop strings (kept out of the text)")
     batch_prompts: int = Field(64, ge=1, description="prompts per generate() call")
+    stratum: str | None = Field(None, description="'module:fn' or 'file.py:fn' mapping a completion's text to "
+                                "its stratum key (for stratified advantages)")
 
 
 class RewardFunctionConfig(Section):

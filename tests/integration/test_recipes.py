@@ -60,3 +60,14 @@ def test_cli_train_and_plot(tmp_path, models_dir):
     assert [r["step"] for r in read_metrics(out) if "learner/loss" in r] == [1]
     assert main(["plot", str(out), "--out", str(tmp_path / "c.png")]) == 0
     assert (tmp_path / "c.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_dynamic_sampling_keeps_only_informative_groups(tmp_path, models_dir):
+    run_dir = run_recipe(ROOT / "recipes" / "debug" / "dynamic_sampling.yaml", tmp_path / "run", models_dir)
+    rows = [r for r in read_metrics(run_dir) if "learner/loss" in r]
+    for r in rows:
+        assert r["sampling/groups"] == 8 and r["rollout/samples"] == 32
+        assert r["advantage/zero_std_frac"] == 0.0  # every trained group carries signal
+        assert r["sampling/generated_groups"] >= 8 and 0.0 <= r["sampling/dropped_frac"] < 1.0
+        assert r["sampling/generated_groups"] == 8 * r["sampling/rounds"]

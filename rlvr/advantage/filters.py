@@ -1,0 +1,61 @@
+"""Group filters: DAPO-style dynamic sampling drops groups whose rewards are all equal.
+
+Such groups get zero advantage under any group-relative estimator, so they cost a forward and
+backward and carry no gradient. The loop can drop them and generate more prompts until the step
+has the requested number of informative groups (DAPO, arXiv 2503.14476, "dynamic sampling").
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rlvr.advantage.grpo import group_stats
+from rlvr.types import Rollouts, ScoredRollouts
+
+
+def informative_groups(scored: ScoredRollouts) -> torch.Tensor:
+    """[P] bool: the prompt's samples do not all have the same reward (groups of one count as informative).
+
+    Example: rewards [1, 0 | 1, 1 | 0] by group -> [True, False, True].
+    """
+    ro = scored.rollouts
+    _, std, count = group_stats(scored.rewards, ro.group)
+    keep = torch.zeros(len(ro.prompts), dtype=torch.bool)
+    keep[ro.group] = (std > 0) | (count == 1)
+    return keep
+
+
+def select_groups(scored: ScoredRollouts, groups: list[int]) -> ScoredRollouts:
+    """The samples of the listed groups, renumbered 0..len(groups)-1 in the given order."""
+    ro = scored.rollouts
+    rows = torch.cat([(ro.group == g).nonzero().flatten() for g in groups]) if groups else torch.zeros(0, dtype=torch.long)
+    remap = {g: i for i, g in enumerate(groups)}
+    sub = Rollouts(
+        prompts=[ro.prompts[g] for g in groups],
+        group=torch.tensor([remap[int(ro.group[r])] for r in rows], dtype=torch.long),
+        response_ids=ro.response_ids[rows], response_mask=ro.response_mask[rows],
+        rollout_logprobs=ro.rollout_logprobs[rows],
+        texts=[ro.texts[r] for r in rows.tolist()], finish_reason=[ro.finish_reason[r] for r in rows.tolist()],
+    )
+    return ScoredRollouts(sub, scored.rewards[rows], {k: v[rows] for k, v in scored.components.items()},
+                          scored.correct[rows], scored.metrics)
+
+
+def _pad_to(x: torch.Tensor, width: int, value: float = 0) -> torch.Tensor:
+    return torch.nn.functional.pad(x, (0, width - x.shape[1]), value=value)
+
+
+def concat_scored(a: ScoredRollouts, b: ScoredRollouts, pad_id: int) -> ScoredRollouts:
+    """Samples of `a` then `b` (b's groups numbered after a's); metrics are those of `a`."""
+    ra, rb = a.rollouts, b.rollouts
+    w = max(ra.response_ids.shape[1], rb.response_ids.shape[1])
+    ro = Rollouts(
+        prompts=ra.prompts + rb.prompts,
+        group=torch.cat([ra.group, rb.group + len(ra.prompts)]),
+        response_ids=torch.cat([_pad_to(ra.response_ids, w, pad_id), _pad_to(rb.response_ids, w, pad_id)]),
+        response_mask=torch.cat([_pad_to(ra.response_mask, w), _pad_to(rb.response_mask, w)]),
+        rollout_logprobs=torch.cat([_pad_to(ra.rollout_logprobs, w), _pad_to(rb.rollout_logprobs, w)]),
+        texts=ra.texts + rb.texts, finish_reason=ra.finish_reason + rb.finish_reason,
+    )
+    comps = {k: torch.cat([a.components[k], b.components[k]]) for k in a.components}
+    return ScoredRollouts(ro, torch.cat([a.rewards, b.rewards]), comps, torch.cat([a.correct, b.correct]), a.metrics)

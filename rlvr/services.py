@@ -1,0 +1,87 @@
+"""What stateful plug-ins may ask of the running trainer, outside the step's own batch.
+
+Some methods need work beyond one step's samples: VAS re-scores every prompt every T steps,
+GVM estimates acceptance rates and gradient norms before each allocation, SPO initialises its
+tracker from an offline pass and measures policy drift on stored responses. They do it through
+this object, so they never touch the engine, the learner or the process group directly.
+
+Every method is collective: all processes call it with the same arguments, each does its share,
+and all get the full result back (plug-in state stays identical on every process).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from accelerate.utils import gather_object
+
+from rlvr.buffer import pack
+from rlvr.learner.logprobs import response_logprobs
+from rlvr.reward import score_rollouts
+from rlvr.rollout import SamplingParams
+from rlvr.types import AdvantageBatch, LossNorm, Prompt, PromptBatch, Rollouts, ScoredRollouts
+
+
+class Services:
+    def __init__(self, *, engine: Any, learner: Any, rewards: Any, prompts: list[Prompt], params: SamplingParams,
+                 rank: int, world: int):
+        self.engine, self.learner, self.rewards = engine, learner, rewards
+        self.prompts, self.params = prompts, params
+        self.rank, self.world = rank, world
+
+    def _gather(self, items: list[Any]) -> list[Any]:
+        return gather_object(items) if self.world > 1 else items
+
+    def sample_prompts(self, prompt_indices: list[int], samples: int, params: SamplingParams | None = None
+                       ) -> list[dict[str, Any]]:
+        """Generate `samples` completions for each prompt and score them.
+
+        Returns, per prompt in the given order: {"index", "correct": [bool]*samples,
+        "rewards": [float]*samples, "response_ids": [[int]]*samples}.
+        """
+        mine = list(range(self.rank, len(prompt_indices), self.world))
+        local = []
+        if mine:
+            batch = PromptBatch([self.prompts[prompt_indices[i]] for i in mine], [samples] * len(mine))
+            scored = score_rollouts(self.rewards, self.engine.generate(batch, params or self.params))
+            ro = scored.rollouts
+            for j, i in enumerate(mine):
+                rows = (ro.group == j).nonzero().flatten().tolist()
+                local.append({
+                    "order": i, "index": prompt_indices[i],
+                    "correct": [bool(scored.correct[r]) for r in rows],
+                    "rewards": [float(scored.rewards[r]) for r in rows],
+                    "response_ids": [ro.response_ids[r, : int(ro.lengths[r])].tolist() for r in rows],
+                })
+        return [{k: v for k, v in d.items() if k != "order"}
+                for d in sorted(self._gather(local), key=lambda d: d["order"])]
+
+    @torch.no_grad()
+    def logprobs(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> list[torch.Tensor]:
+        """Current-policy log-probs (at the rollout temperature) of each response given its prompt."""
+        mine = list(range(self.rank, len(prompt_ids), self.world))
+        local = []
+        if mine:
+            ro = _rollouts_of([prompt_ids[i] for i in mine], [response_ids[i] for i in mine], pad_id=self.learner.pad_id)
+            n = len(mine)
+            batch = AdvantageBatch(ScoredRollouts(ro, torch.zeros(n), {}, torch.zeros(n, dtype=torch.bool)),
+                                   torch.zeros(n), torch.ones(n), None, None)
+            for mb in pack(batch, torch.arange(n), LossNorm(1.0, 1.0, 1), self.learner.budget, self.learner.pad_id):
+                lp, _ = response_logprobs(self.learner.model, mb, self.learner.temperature)
+                for j, row in enumerate(mb.index.tolist()):
+                    local.append((mine[row], lp[j, : len(response_ids[mine[row]])].float().cpu()))
+        return [t for _, t in sorted(self._gather(local), key=lambda x: x[0])]
+
+
+def _rollouts_of(prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int) -> Rollouts:
+    """A Rollouts record for given (prompt, response) token pairs, one group per pair."""
+    n = len(prompt_ids)
+    width = max([len(r) for r in response_ids] + [1])
+    ids = torch.full((n, width), pad_id, dtype=torch.long)
+    mask = torch.zeros(n, width)
+    for i, r in enumerate(response_ids):
+        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, : len(r)] = 1.0
+    prompts = [Prompt(f"probe#{i}", "", p, None, {}) for i, p in enumerate(prompt_ids)]
+    return Rollouts(prompts, torch.arange(n), ids, mask, torch.zeros(n, width), [""] * n, ["stop"] * n)
