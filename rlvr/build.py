@@ -87,23 +87,26 @@ def make_reward_runner(cfg: Config, base_dir: Path | None) -> RewardRunner:
     )
 
 
-def make_plugins(cfg: Config, num_prompts: int, base_dir: Path | None) -> dict[str, Any]:
+def make_plugins(cfg: Config, prompts: list[Prompt], base_dir: Path | None) -> dict[str, Any]:
     """sampler, allocator, advantage, policy_loss and aggregation, built by name from the registries."""
-    context = {
-        "num_prompts": num_prompts,
+    context: dict[str, Any] = {
+        "num_prompts": len(prompts),
+        "prompt_uids": [p.uid for p in prompts],
         "seed": cfg.run.seed,
         "samples_per_prompt": cfg.sampling.samples_per_prompt,
         "prompts_per_step": cfg.sampling.prompts_per_step,
         "max_new_tokens": cfg.rollout.max_new_tokens,
     }
+    # the estimator first: a sampler may read its state (e.g. SPO's tracker) through `advantage`
+    context["advantage"] = build_plugin(ADVANTAGE, cfg.advantage.name, cfg.advantage.kwargs, context, base_dir)
     sections = {
         "sampler": (SAMPLER, cfg.sampling.sampler),
         "allocator": (ALLOCATOR, cfg.sampling.allocator),
-        "advantage": (ADVANTAGE, cfg.advantage),
         "policy_loss": (POLICY_LOSS, cfg.loss.policy),
         "aggregation": (AGGREGATION, cfg.loss.aggregation),
     }
-    return {key: build_plugin(reg, p.name, p.kwargs, context, base_dir) for key, (reg, p) in sections.items()}
+    built = {key: build_plugin(reg, p.name, p.kwargs, context, base_dir) for key, (reg, p) in sections.items()}
+    return {**built, "advantage": context["advantage"]}
 
 
 def make_learner(cfg: Config, model: torch.nn.Module, ref_model: torch.nn.Module | None, acc: Accelerator,

@@ -54,7 +54,7 @@ def train(cfg: Config, base_dir: Path | None = None) -> Path:
         ref_model = build.load_model(cfg.model.ref_path or policy_path, cfg, trainable=False)
     train_prompts, data_stats = build.load_prompt_set(cfg, cfg.data.train, tokenizer, base_dir)
     eval_prompts = build.load_prompt_set(cfg, cfg.data.eval, tokenizer, base_dir)[0] if cfg.data.eval else []
-    plugins = build.make_plugins(cfg, len(train_prompts), base_dir)
+    plugins = build.make_plugins(cfg, train_prompts, base_dir)
     sampler, allocator, estimator = plugins["sampler"], plugins["allocator"], plugins["advantage"]
     rewards = build.make_reward_runner(cfg, base_dir)
     learner = build.make_learner(cfg, model, ref_model, acc, plugins, pad_id=tokenizer.pad_token_id)
@@ -193,8 +193,7 @@ def collect(sampler, allocator, engine, rewards, prompts, params, sc, rank: int,
     kept, indices, metrics = None, [], {}
     generated = dropped = rounds = 0
     while True:
-        chosen = sampler.sample(sc.prompts_per_step)
-        counts = allocator.allocate(chosen)
+        chosen, counts = _draw(sampler, allocator, sc.prompts_per_step, want, world)
         mine = slice(rank * want, (rank + 1) * want)
         batch = PromptBatch([prompts[i] for i in chosen[mine]], counts[mine])
         scored = score_rollouts(rewards, engine.generate(batch, params))
@@ -221,6 +220,17 @@ def collect(sampler, allocator, engine, rewards, prompts, params, sc, rank: int,
         metrics.update({"sampling/rounds": float(rounds), "sampling/generated_groups": float(generated),
                         "sampling/dropped_frac": dropped / max(generated, 1), "sampling/groups": float(len(indices))})
     return kept, indices, metrics
+
+
+def _draw(sampler, allocator, count: int, share: int, world: int, tries: int = 100):
+    """Prompts and their sample counts, redrawn while some process's share would get no samples
+    (an allocator such as GVM gives 0 to prompts it skips; every process sees the same draw)."""
+    for _ in range(tries):
+        chosen = sampler.sample(count)
+        counts = allocator.allocate(chosen)
+        if all(sum(counts[r * share : (r + 1) * share]) for r in range(world)):
+            return chosen, counts
+    raise RuntimeError(f"sampling.allocator: {tries} draws in a row allocated no samples to some process's prompts")
 
 
 def _all(flag: bool, world: int) -> bool:

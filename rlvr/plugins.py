@@ -6,4 +6,5 @@ import rlvr.learner.policy_loss
 import rlvr.sampling  # noqa: F401
 
 # Arguments rlvr passes to plug-in constructors itself (never set in YAML).
-CONTEXT_ARGS = ("num_prompts", "seed", "samples_per_prompt", "prompts_per_step", "max_new_tokens")
+CONTEXT_ARGS = ("num_prompts", "seed", "samples_per_prompt", "prompts_per_step", "max_new_tokens", "prompt_uids",
+                "advantage")

@@ -73,6 +73,29 @@ class Services:
                     local.append((mine[row], lp[j, : len(response_ids[mine[row]])].float().cpu()))
         return [t for _, t in sorted(self._gather(local), key=lambda x: x[0])]
 
+    def grad_norms(self, prompt_ids: list[list[int]], response_ids: list[list[int]], param_match: str) -> list[float]:
+        """Per response, the norm of the gradient of -sum_t log pi(y_t) on the first parameter whose
+        name contains `param_match` (GVM's stage 1). One backward per response, never synced
+        across processes; gradients are cleared afterwards."""
+        model, unwrapped = self.learner.model, self.learner.unwrapped
+        param = next((p for n, p in unwrapped.named_parameters() if param_match in n), None)
+        if param is None:
+            raise ValueError(f"sampling.allocator.act_params: no parameter name contains {param_match!r}")
+        mine = list(range(self.rank, len(prompt_ids), self.world))
+        local = []
+        for i in mine:
+            ro = _rollouts_of([prompt_ids[i]], [response_ids[i]], pad_id=self.learner.pad_id)
+            batch = AdvantageBatch(ScoredRollouts(ro, torch.zeros(1), {}, torch.zeros(1, dtype=torch.bool)),
+                                   torch.zeros(1), torch.ones(1), None, None)
+            mb = pack(batch, torch.arange(1), LossNorm(1.0, 1.0, 1), 10**9, self.learner.pad_id)[0]
+            param.grad = None
+            with self.learner.acc.no_sync(model):
+                lp, _ = response_logprobs(model, mb, self.learner.temperature)
+                (-(lp * mb.response_mask.to(lp.device)).sum()).backward()
+            local.append((i, float(param.grad.norm())))
+        model.zero_grad(set_to_none=True)
+        return [g for _, g in sorted(self._gather(local), key=lambda x: x[0])]
+
 
 def _rollouts_of(prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int) -> Rollouts:
     """A Rollouts record for given (prompt, response) token pairs, one group per pair."""

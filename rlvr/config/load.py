@@ -55,6 +55,28 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """`top` over `base`, recursively for mappings (lists and values are replaced whole)."""
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_recipe(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A recipe with its `base:` chain resolved: `base: quickstart.yaml` (relative to the recipe)
+    loads that recipe first and applies this one's keys over it."""
+    path = Path(path).resolve()
+    if path in _seen:
+        raise ConfigError([f"base: recipes include each other ({' -> '.join(p.name for p in (*_seen, path))})"],
+                          str(path))
+    raw = load_yaml(path)
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    return _merge(load_recipe(path.parent / base, (*_seen, path)), raw)
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """`learner.lr=1e-5`, `reward.functions.0.weight=2`, `rollout.stop=["\\n"]` (values are YAML)."""
     out = copy.deepcopy(raw)
@@ -284,7 +306,7 @@ def validate(raw: dict[str, Any], base_dir: str | Path | None = None, source: st
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
-    raw = apply_overrides(load_yaml(path), overrides or [])
+    raw = apply_overrides(load_recipe(path), overrides or [])
     return validate(raw, base_dir=Path(path).parent, source=str(path))
 
 

@@ -49,3 +49,29 @@ def dr_grpo(loss: torch.Tensor, mask: torch.Tensor, norm: LossNorm) -> torch.Ten
     Example: rows [1, 2 | 3, pad], L_max 4 -> 6 / (2 * 4) = 0.75.
     """
     return (loss * mask).sum() / max(norm.sequences * norm.max_response_tokens, 1.0)
+
+
+@AGGREGATION.register("delta_l")
+def delta_l(loss: torch.Tensor, mask: torch.Tensor, norm: LossNorm) -> torch.Tensor:
+    """sum_{i,t} m*l / (N * T), T = max_response_tokens, the configured constant (ΔL, arXiv 2509.07558).
+
+    The aggregation half of ΔL Normalization; it must be enabled together with the advantage
+    `delta_l` (rlvr/advantage/delta_l.py), which folds w_i = N x_i into each advantage. The pair
+    gives sample i the gradient x_i g_i / T with x_i = L_i^-a / sum_j L_j^-a (the paper's form).
+    N is the step-global sample count, T never the tensor's padded width. Same formula as
+    `dr_grpo`; registered apart so a recipe says which method it runs.
+    Example: rows [1, 2 | 3, pad], T 4 -> 6 / (2 * 4) = 0.75.
+    """
+    return (loss * mask).sum() / max(norm.sequences * norm.max_response_tokens, 1.0)
+
+
+@AGGREGATION.register("seq_mean_token_sum_norm")
+def seq_mean_token_sum_norm(loss: torch.Tensor, mask: torch.Tensor, norm: LossNorm) -> torch.Tensor:
+    """sum_{i,t} m*l / T with T = max_response_tokens and NO 1/N: verl's compat mode (spec §1.3).
+
+    Only for reproducing verl runs: the loss scale grows with the batch size. verl divides by
+    `loss_scale_factor` if set, else the padded width of the tensor; here T is always the
+    configured constant, which equals verl's default when responses are padded to max length.
+    Example: rows [1, 2 | 3, pad], T 4 -> 6 / 4 = 1.5.
+    """
+    return (loss * mask).sum() / max(float(norm.max_response_tokens), 1.0)

@@ -9,6 +9,8 @@ import pytest
 from tests.integration.conftest import ROOT, run_recipe
 
 DEBUG = sorted((ROOT / "recipes" / "debug").glob("*.yaml"))
+# every method recipe (SmolLM2 needs its converted model: scripts/prepare_smollm2.py)
+METHODS = sorted(p for p in (ROOT / "recipes").glob("*.yaml") if not p.name.startswith("smollm2"))
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -71,3 +73,18 @@ def test_dynamic_sampling_keeps_only_informative_groups(tmp_path, models_dir):
         assert r["advantage/zero_std_frac"] == 0.0  # every trained group carries signal
         assert r["sampling/generated_groups"] >= 8 and 0.0 <= r["sampling/dropped_frac"] < 1.0
         assert r["sampling/generated_groups"] == 8 * r["sampling/rounds"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", METHODS, ids=[p.stem for p in METHODS])
+def test_method_recipe_two_steps(recipe, tmp_path, models_dir):
+    run_dir = run_recipe(recipe, tmp_path / "run", models_dir, "run.steps=2", "eval.every=2", "eval.max_prompts=8",
+                         "checkpoint.every=1", "metrics.sinks=[jsonl]", "metrics.plot=false")
+    rows = read_metrics(run_dir)
+    train_rows = [r for r in rows if "learner/loss" in r]
+    assert [r["step"] for r in train_rows] == [1, 2]
+    for r in train_rows:
+        assert math.isfinite(r["learner/loss"]) and math.isfinite(r["learner/grad_norm"])
+        assert math.isfinite(r["advantage/mean"]) and math.isfinite(r["advantage/std"])
+    assert [r["step"] for r in rows if "eval/accuracy" in r] == [0, 2]
+    assert (run_dir / "checkpoints" / "step_0000002" / "state.pt").is_file()

@@ -114,3 +114,14 @@ def test_every_shipped_recipe_validates():
     assert recipes
     for r in recipes:
         load_config(r)
+
+
+def test_base_recipe_is_merged_under_the_recipe(tmp_path):
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump({**BASE, "learner": {"lr": 1e-4, "max_grad_norm": 0.5}}))
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "r.yaml").write_text("base: ../base.yaml\nlearner: {lr: 2.0e-5}\nadvantage: {name: dr_grpo}\n")
+    cfg = load_config(tmp_path / "sub" / "r.yaml")
+    assert cfg.learner.lr == 2e-5 and cfg.learner.max_grad_norm == 0.5 and cfg.advantage.name == "dr_grpo"
+    (tmp_path / "base.yaml").write_text("base: sub/r.yaml\n")
+    with pytest.raises(ConfigError, match="include each other"):
+        load_config(tmp_path / "sub" / "r.yaml")
