@@ -136,6 +136,7 @@ def train(cfg: Config, base_dir: Path | None = None) -> Path:
         strata = [stratum_fn(t) for t in rollouts.texts] if stratum_fn else None
         adv_in, local_rows = gather_advantage_input(scored, shaped, step, rank, world, strata)
         adv_out = estimator(adv_in)
+        adv_out.metrics["advantage/nonfinite_frac"] = _zero_nonfinite(adv_out)
         weights = adv_out.weights if adv_out.weights is not None else torch.ones_like(adv_out.advantages)
         adv_batch = AdvantageBatch(scored, adv_out.advantages[local_rows], weights[local_rows], old_lp, ref_lp)
 
@@ -257,6 +258,17 @@ def gather_outcome(scored: ScoredRollouts, prompt_indices: list[int], step: int,
         responses += p["responses"]
     return StepOutcome(step, indices, torch.tensor(group, dtype=torch.long), uids, torch.tensor(rew),
                        torch.tensor(correct, dtype=torch.bool), torch.tensor(lengths, dtype=torch.long), responses)
+
+
+def _zero_nonfinite(out) -> float:
+    """A NaN/inf advantage or weight (e.g. an estimator's reference-compatible mode) becomes 0, so
+    the loss stays finite; returns the fraction of samples affected, logged every step."""
+    bad = ~torch.isfinite(out.advantages)
+    if out.weights is not None:
+        bad |= ~torch.isfinite(out.weights)
+        out.weights = torch.where(bad, torch.zeros_like(out.weights), out.weights)
+    out.advantages = torch.where(bad, torch.zeros_like(out.advantages), out.advantages)
+    return float(bad.float().mean()) if bad.numel() else 0.0
 
 
 def _as_batch(scored: ScoredRollouts) -> AdvantageBatch:

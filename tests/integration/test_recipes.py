@@ -119,3 +119,4 @@ def test_user_estimator_from_a_file_trains(tmp_path, models_dir, monkeypatch):
         want[m] = 2.0 * (inp.rewards[m] - inp.rewards[m].median())
     assert rows[-1]["advantage/mean"] == pytest.approx(float(want.mean()), abs=1e-6)
     assert rows[-1]["advantage/max"] == pytest.approx(float(want.max()), abs=1e-6)
+

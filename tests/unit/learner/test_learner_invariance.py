@@ -6,7 +6,14 @@ from accelerate import Accelerator
 from transformers import AutoModelForCausalLM
 
 from rlvr.learner import Learner, ppo_clip
-from rlvr.learner.aggregation import dr_grpo, seq_mean_token_mean, seq_mean_token_sum, token_mean
+from rlvr.learner.aggregation import (
+    delta_l,
+    dr_grpo,
+    seq_mean_token_mean,
+    seq_mean_token_sum,
+    seq_mean_token_sum_norm,
+    token_mean,
+)
 from rlvr.rollout import HFEngine, SamplingParams
 from rlvr.types import AdvantageBatch, Prompt, PromptBatch, ScoredRollouts
 
@@ -20,7 +27,9 @@ def make_learner(model, agg, budget, **kw):
                    micro_batch_tokens=budget, **args)
 
 
-@pytest.mark.parametrize("agg", [token_mean, seq_mean_token_mean, seq_mean_token_sum, dr_grpo])
+@pytest.mark.parametrize(
+    "agg", [token_mean, seq_mean_token_mean, seq_mean_token_sum, dr_grpo, delta_l, seq_mean_token_sum_norm]
+)
 def test_update_is_invariant_to_micro_batch_budget(tiny_model_dir, agg):
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     from transformers import AutoTokenizer
