@@ -61,7 +61,7 @@ def run(model_dir: str, steps: int, prompts_per_step: int = 32, g: int = 8, max_
     task_args = dict(task_args or {})
     task = task_args.pop("task", "mod_sum")
     train = synth(task, split="train", num_rows=8000, seed=0, **task_args)
-    test = synth(task, split="test", num_rows=200, seed=1, **task_args)
+    test = synth(task, split="test", num_rows=10 if task_args.get("test_fraction") else 200, seed=1, **task_args)
     enc = lambda rows: [tok(r["prompt"]).input_ids for r in rows]
     train_ids, test_ids = enc(train), enc(test)
     times, accs = [], []

@@ -50,7 +50,7 @@ def bench_minimal(work: Path, steps: int) -> dict[str, float]:
     from rlvr.models.tiny import ensure_tiny_model
 
     ensure_tiny_model(work / "tiny", characters="0123456789+=")
-    out = run_minimal(str(work / "tiny"), steps, eval_every=steps, task_args={"max_operand": 9}, log=lambda s: None)
+    out = run_minimal(str(work / "tiny"), steps, eval_every=steps, task_args={"max_operand": 9, "test_fraction": 0.1}, log=lambda s: None)
     return {"median_step_s": statistics.median(out["step_s"]), "mean_step_s": statistics.fmean(out["step_s"]),
             "startup_s": float("nan"), "accuracy": out["accuracy"][-1]}
 

@@ -65,12 +65,15 @@ def build_tiny_tokenizer(model_max_length: int = 512, characters: str | None = N
         ([0, 21, 15, 22, 33], '1+2=')
     """
     to_symbol = bytes_to_unicode()  # byte -> its printable stand-in, as byte-level BPE spells it
-    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS)}
+    # a task alphabet is for raw-text tasks: no chat markers, which would decode to nothing and let
+    # a policy pad an answer with them unseen by a text verifier
+    specials = SPECIAL_TOKENS if characters is None else (EOS,)
+    vocab = {token: i for i, token in enumerate(specials)}
     chars = CHARACTERS if characters is None else "".join(dict.fromkeys(characters))
     bad = [c for c in chars if c not in CHARACTERS]
     if bad:
         raise ValueError(f"characters: {bad!r} are not printable ASCII or newline")
-    vocab.update({to_symbol[ord(c)]: len(SPECIAL_TOKENS) + i for i, c in enumerate(chars)})
+    vocab.update({to_symbol[ord(c)]: len(specials) + i for i, c in enumerate(chars)})
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))  # no merges: one token per character
     backend.normalizer = normalizers.NFC()
     backend.pre_tokenizer = pre_tokenizers.Sequence(
@@ -83,13 +86,13 @@ def build_tiny_tokenizer(model_max_length: int = 512, characters: str | None = N
     backend.post_processor = processors.TemplateProcessing(
         single=f"{EOS} $A", pair=f"{EOS} $A $B:1", special_tokens=[(EOS, vocab[EOS])]
     )
-    backend.add_special_tokens(list(SPECIAL_TOKENS))
+    backend.add_special_tokens(list(specials))
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
         bos_token=EOS,
         eos_token=EOS,
         pad_token=EOS,
-        chat_template=CHAT_TEMPLATE,
+        chat_template=CHAT_TEMPLATE if characters is None else None,
         clean_up_tokenization_spaces=False,  # "a , b" must decode to "a , b"
         model_max_length=model_max_length,
     )
@@ -139,7 +142,7 @@ def build_tiny_model(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
     try:
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; the model folder should not be
-        _random_model(config, seed).save_pretrained(tmp)
+        _random_model(config, seed, tokenizer).save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         _move_into_place(tmp, out, overwrite)
     except BaseException:
@@ -180,7 +183,7 @@ def _model_config(arch: str, tokenizer: PreTrainedTokenizerFast, shape: dict[str
     )
 
 
-def _random_model(config: Any, seed: int) -> PreTrainedModel:
+def _random_model(config: Any, seed: int, tokenizer: PreTrainedTokenizerFast) -> PreTrainedModel:
     """Weights drawn from `seed` without touching the caller's random state (a training process
     that builds its model at start-up keeps its own seed)."""
     with torch.random.fork_rng(devices=[]):
@@ -188,7 +191,9 @@ def _random_model(config: Any, seed: int) -> PreTrainedModel:
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.generation_config.bos_token_id = config.bos_token_id
     # a chat reply ends with <|im_end|>: generation stops there as well as at <|endoftext|>
-    model.generation_config.eos_token_id = [config.eos_token_id, SPECIAL_TOKENS.index("<|im_end|>")]
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    chat = im_end is not None and im_end != tokenizer.unk_token_id and "<|im_end|>" in tokenizer.get_vocab()
+    model.generation_config.eos_token_id = [config.eos_token_id, im_end] if chat else config.eos_token_id
     model.generation_config.pad_token_id = config.pad_token_id
     return model
 
