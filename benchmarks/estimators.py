@@ -2,7 +2,7 @@
 
     python benchmarks/estimators.py [--steps 400] [--target 0.7] [--methods grpo,rloo,...]
 
-Each recipe in recipes/ (all `base: quickstart.yaml`: tiny random Qwen2, (a+b) mod 10, 20 held-out
+Each recipe in recipes/ (all `base: quickstart.yaml`: tiny random Qwen2, (a+b) mod 10, 10 held-out
 pairs) trains for the same number of steps with the same seed. Printed per method: held-out greedy
 accuracy at the end, the first evaluated step reaching --target, the mean fraction of degenerate
 (zero-variance) groups, generated samples, and wall time. One seed: read differences of a few
@@ -55,7 +55,7 @@ def main() -> None:
             results[m] = run(m, args.steps, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(f"\n{args.steps} steps, quickstart task, seed 0, CPU; eval every 25 steps on 20 held-out pairs\n")
+    print(f"\n{args.steps} steps, quickstart task, seed 0, CPU; eval every 25 steps on 10 held-out pairs\n")
     print(f"| method     | final acc | steps to {args.target:.2f} | degenerate groups | samples trained | wall s |")
     print("|------------|-----------|---------------|-------------------|-----------------|--------|")
     for m, r in results.items():

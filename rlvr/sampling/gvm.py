@@ -263,6 +263,7 @@ class GVMAllocator:
         estimate_every: Annotated[int, Field(ge=0)] = 0,
         stage1_samples: Annotated[int, Field(ge=1)] = 8,
         act_params: str = "embed_tokens",
+        start_step: Annotated[int, Field(ge=1)] = 1,
     ):
         if num_prompts < 1:
             raise ValueError("the training set has no prompts")
@@ -288,19 +289,28 @@ class GVMAllocator:
         self.estimate_every = estimate_every
         self.stage1_samples = stage1_samples
         self.act_params = act_params
+        self.start_step = start_step
         self.p: list[float | None] = [None] * num_prompts
         self.G: list[float | None] = [None] * num_prompts
         self.n: list[int | None] = [None] * num_prompts
         self.iteration = 0
 
     def refresh(self, step: int, services: Any) -> dict[str, float]:
-        """The loop's pre-step hook: stage 1 (§8.1) before the first step, then every `estimate_every` steps.
+        """The loop's pre-step hook: stage 1 (§8.1) at `start_step`, then every `estimate_every` steps.
+
+        Until `start_step` every prompt gets samples_per_prompt (the fixed allocator): GVM assumes a
+        policy that already solves some of every prompt's samples. From random weights stage 1 gave
+        0 samples to 98.5% of the quickstart's prompts (measured), concentrating the whole budget on
+        the three it happened to solve.
 
         Every training prompt gets `stage1_samples` samples from the current policy; p_i is the
         fraction with reward > 0.5, G_i the mean gradient norm of -sum_t log pi over its accepted
         samples, on the first parameter whose name contains `act_params` (0 if none accepted).
         """
-        due = self.iteration == 0 or (self.estimate_every and (step - 1) % self.estimate_every == 0)
+        if step < self.start_step:
+            return {}
+        since = step - self.start_step
+        due = self.iteration == 0 or (self.estimate_every and since % self.estimate_every == 0)
         if not due:
             return {}
         results = services.sample_prompts(list(range(self.num_prompts)), self.stage1_samples)

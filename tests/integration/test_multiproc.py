@@ -12,16 +12,29 @@ import torch
 SCRIPT = Path(__file__).parent / "scripts" / "ddp_step.py"
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+AGGREGATIONS = ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "dr_grpo", "delta_l",
+                "seq_mean_token_sum_norm"]
+
+
 @pytest.mark.multiproc
 @pytest.mark.slow
-def test_two_processes_match_one(tmp_path):
+@pytest.mark.parametrize("aggregation", AGGREGATIONS)
+def test_two_processes_match_one(tmp_path, aggregation):
     from rlvr.models.tiny import build_tiny_model
 
     model = build_tiny_model(tmp_path / "tiny")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    subprocess.run([sys.executable, str(SCRIPT), str(model), str(tmp_path / "one.pt")], check=True, env=env)
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
-    subprocess.run([*torchrun, str(SCRIPT), str(model), str(tmp_path / "two.pt")], check=True, env=env)
+    subprocess.run([sys.executable, str(SCRIPT), str(model), str(tmp_path / "one.pt"), aggregation], check=True, env=env)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port())]
+    subprocess.run([*torchrun, str(SCRIPT), str(model), str(tmp_path / "two.pt"), aggregation], check=True, env=env)
     one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
     assert (one["world"], two["world"]) == (1, 2)
     for key in ("learner/loss", "learner/pg_loss", "learner/grad_norm", "learner/entropy"):

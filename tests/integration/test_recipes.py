@@ -12,6 +12,8 @@ from tests.integration.conftest import ROOT, run_recipe
 DEBUG = sorted((ROOT / "recipes" / "debug").glob("*.yaml"))
 # every method recipe (SmolLM2 needs its converted model: scripts/prepare_smollm2.py)
 METHODS = sorted(p for p in (ROOT / "recipes").glob("*.yaml") if not p.name.startswith("smollm2"))
+# GVM's recipe starts estimating at step 150; the short runs start it at once so stage 1 is exercised
+EXTRA = {"gvm": ["sampling.allocator.start_step=1", "sampling.allocator.estimate_every=1"]}
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -80,7 +82,7 @@ def test_dynamic_sampling_keeps_only_informative_groups(tmp_path, models_dir):
 @pytest.mark.parametrize("recipe", METHODS, ids=[p.stem for p in METHODS])
 def test_method_recipe_two_steps(recipe, tmp_path, models_dir):
     run_dir = run_recipe(recipe, tmp_path / "run", models_dir, "run.steps=2", "eval.every=2", "eval.max_prompts=8",
-                         "checkpoint.every=1", "metrics.sinks=[jsonl]", "metrics.plot=false")
+                         "checkpoint.every=1", "metrics.sinks=[jsonl]", "metrics.plot=false", *EXTRA.get(recipe.stem, []))
     rows = read_metrics(run_dir)
     train_rows = [r for r in rows if "learner/loss" in r]
     assert [r["step"] for r in train_rows] == [1, 2]

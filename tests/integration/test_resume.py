@@ -81,6 +81,7 @@ def test_resume_never_refuses_to_overwrite(tmp_path, models_dir):
 
 
 STATEFUL = ["spo", "vas", "vade", "gvm", "dapo"]
+EXTRA = {"gvm": ["sampling.allocator.start_step=1", "sampling.allocator.estimate_every=3"]}
 
 
 @pytest.mark.slow
@@ -89,7 +90,7 @@ def test_stateful_methods_resume_to_identical_steps(name, tmp_path, models_dir, 
     """Tracker, scores, posteriors, allocations and sampler RNGs all come back from the checkpoint."""
     recipe = ROOT / "recipes" / f"{name}.yaml"
     args = ["run.steps=4", "checkpoint.every=2", "eval.every=2", "eval.max_prompts=8", "metrics.sinks=[jsonl]",
-            "metrics.plot=false", "sampling.prompts_per_step=8"]
+            "metrics.plot=false", "sampling.prompts_per_step=8", *EXTRA.get(name, [])]
     straight = run_recipe(recipe, tmp_path / "straight", models_dir, *args)
     real_save = rlvr.loop.save_checkpoint
 

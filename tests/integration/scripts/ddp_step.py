@@ -1,7 +1,7 @@
 """One learner step on a fixed global batch; run alone or under torchrun (gloo, CPU).
 
-    python ddp_step.py MODEL_DIR OUT.pt
-    torchrun --nproc_per_node 2 ddp_step.py MODEL_DIR OUT.pt
+    python ddp_step.py MODEL_DIR OUT.pt [AGGREGATION]
+    torchrun --nproc_per_node 2 ddp_step.py MODEL_DIR OUT.pt [AGGREGATION]
 
 Every process builds the same 4-prompt x 3-sample batch from a fixed seed and keeps its share of
 the prompts (complete groups), exactly as the training loop does. Rank 0 saves the global
@@ -15,7 +15,8 @@ from accelerate import Accelerator
 from transformers import AutoModelForCausalLM
 
 from rlvr.learner import Learner, ppo_clip
-from rlvr.learner.aggregation import seq_mean_token_mean
+import rlvr.plugins  # noqa: F401
+from rlvr.registry import AGGREGATION
 from rlvr.types import AdvantageBatch, Prompt, Rollouts, ScoredRollouts
 
 P, G, T = 4, 3, 6
@@ -51,10 +52,10 @@ def local_batch(rank: int, world: int) -> AdvantageBatch:
     return AdvantageBatch(scored, torch.tensor([a for _, _, a in mine]), torch.ones(n), None, None)
 
 
-def main(model_dir: str, out: str) -> None:
+def main(model_dir: str, out: str, aggregation: str = "seq_mean_token_mean") -> None:
     acc = Accelerator(cpu=True)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
-    learner = Learner(model, None, acc, policy_loss=ppo_clip, aggregation=seq_mean_token_mean, lr=1e-3,
+    learner = Learner(model, None, acc, policy_loss=ppo_clip, aggregation=AGGREGATION.get(aggregation), lr=1e-3,
                       weight_decay=0.0, betas=(0.9, 0.999), warmup_steps=0, schedule="constant", min_lr_ratio=0.0,
                       total_steps=1, max_grad_norm=None, mini_batches_per_step=1, epochs_per_step=1,
                       micro_batch_tokens=40, temperature=1.0, max_new_tokens=T, kl_coef=0.0, kl_estimator="k3",
@@ -66,4 +67,4 @@ def main(model_dir: str, out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(*sys.argv[1:4])
