@@ -173,6 +173,9 @@ def train(cfg: Config, base_dir: Path | None = None) -> Path:
         run_eval(cfg.run.steps)
     logger.close()
     rewards.close()
+    acc.wait_for_everyone()
+    if torch.distributed.is_initialized():  # a process group left open can abort the process at exit
+        torch.distributed.destroy_process_group()
     if acc.is_main_process and cfg.metrics.plot and "jsonl" in cfg.metrics.sinks:
         from rlvr.metrics.plot import plot_run
 

@@ -8,8 +8,13 @@ import re
 
 import torch
 
-from rlvr.advantage import DrGRPO, GRPO
-from rlvr.learner.aggregation import seq_mean_token_mean, seq_mean_token_sum, seq_mean_token_sum_norm, token_mean
+from rlvr.advantage import GRPO, DrGRPO
+from rlvr.learner.aggregation import (
+    seq_mean_token_mean,
+    seq_mean_token_sum,
+    seq_mean_token_sum_norm,
+    token_mean,
+)
 from rlvr.learner.policy_loss import kl_estimate, kl_in_reward, ppo_clip
 from rlvr.types import AdvantageInput, LossNorm
 from tests.conformance.conftest import assert_close, load_vectors

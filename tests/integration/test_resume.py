@@ -29,22 +29,26 @@ def metrics(run_dir):
     return merged
 
 
-@pytest.mark.slow
-def test_killed_run_resumes_to_identical_steps(tmp_path, models_dir, monkeypatch):
-    straight = run_recipe(RECIPE, tmp_path / "straight", models_dir, *OVERRIDES)
-
+def kill_after_checkpoint(recipe, out, models_dir, monkeypatch, *args, step: int = 2) -> None:
+    """Run `recipe` and crash it right after the checkpoint of `step` is written."""
     real_save = rlvr.loop.save_checkpoint
 
-    def save_then_die(run_dir, step, **kw):
-        path = real_save(run_dir, step, **kw)
-        if step == 2:
+    def save_then_die(run_dir, at, **kw):
+        path = real_save(run_dir, at, **kw)
+        if at == step:
             raise Killed
         return path
 
     monkeypatch.setattr(rlvr.loop, "save_checkpoint", save_then_die)
     with pytest.raises(Killed):
-        run_recipe(RECIPE, tmp_path / "resumed", models_dir, *OVERRIDES)
+        run_recipe(recipe, out, models_dir, *args)
     monkeypatch.setattr(rlvr.loop, "save_checkpoint", real_save)
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_identical_steps(tmp_path, models_dir, monkeypatch):
+    straight = run_recipe(RECIPE, tmp_path / "straight", models_dir, *OVERRIDES)
+    kill_after_checkpoint(RECIPE, tmp_path / "resumed", models_dir, monkeypatch, *OVERRIDES)
     # a half-written checkpoint from a crash mid-save must be ignored by resume: auto
     (tmp_path / "resumed" / "checkpoints" / ".tmp-step_0000003").mkdir()
     calls = []
@@ -92,18 +96,7 @@ def test_stateful_methods_resume_to_identical_steps(name, tmp_path, models_dir, 
     args = ["run.steps=4", "checkpoint.every=2", "eval.every=2", "eval.max_prompts=8", "metrics.sinks=[jsonl]",
             "metrics.plot=false", "sampling.prompts_per_step=8", *EXTRA.get(name, [])]
     straight = run_recipe(recipe, tmp_path / "straight", models_dir, *args)
-    real_save = rlvr.loop.save_checkpoint
-
-    def save_then_die(run_dir, step, **kw):
-        path = real_save(run_dir, step, **kw)
-        if step == 2:
-            raise Killed
-        return path
-
-    monkeypatch.setattr(rlvr.loop, "save_checkpoint", save_then_die)
-    with pytest.raises(Killed):
-        run_recipe(recipe, tmp_path / "resumed", models_dir, *args)
-    monkeypatch.setattr(rlvr.loop, "save_checkpoint", real_save)
+    kill_after_checkpoint(recipe, tmp_path / "resumed", models_dir, monkeypatch, *args)
     resumed = run_recipe(recipe, tmp_path / "resumed", models_dir, *args)
     a, b = metrics(straight), metrics(resumed)
     assert sorted(a) == sorted(b) == [0, 1, 2, 3, 4]

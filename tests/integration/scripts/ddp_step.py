@@ -14,8 +14,8 @@ import torch
 from accelerate import Accelerator
 from transformers import AutoModelForCausalLM
 
-from rlvr.learner import Learner, ppo_clip
 import rlvr.plugins  # noqa: F401
+from rlvr.learner import Learner, ppo_clip
 from rlvr.registry import AGGREGATION
 from rlvr.types import AdvantageBatch, Prompt, Rollouts, ScoredRollouts
 
@@ -64,6 +64,9 @@ def main(model_dir: str, out: str, aggregation: str = "seq_mean_token_mean") -> 
     if acc.is_main_process:
         grads = {k: p.grad.detach().clone() for k, p in learner.unwrapped.named_parameters()}
         torch.save({"metrics": metrics, "grads": grads, "world": acc.num_processes}, out)
+    acc.wait_for_everyone()
+    if torch.distributed.is_initialized():  # gloo threads left running abort the process at exit
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
