@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from rlvr.data import BAD_ROW_REASONS, DataError, build_prompts, load_rows
@@ -173,10 +171,9 @@ def test_skip_mode_counts_each_reason_and_keeps_row_indices(tok):
     }
 
 
-def test_ten_thousand_prompts_take_about_a_second(tok):
+def test_ten_thousand_prompts_in_one_batch(tok):
     source, rows = load_rows("synthetic:mod_sum", synthetic_args={"num_rows": 10_000})
-    start = time.perf_counter()
     prompts, _ = build_prompts(rows, source, tok, system_prompt="Answer with one digit.")
-    elapsed = time.perf_counter() - start
     assert len(prompts) == 10_000 and prompts[-1].uid == "synthetic:mod_sum:train#9999"
-    assert elapsed < 3.0, f"{elapsed:.2f} s"  # about 0.7 s on a 2-core machine; slack for a busy one
+    last = prompts[-1]
+    assert last.token_ids == tok(last.text, add_special_tokens=False).input_ids
