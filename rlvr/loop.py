@@ -15,6 +15,7 @@ from accelerate.utils import gather_object, set_seed
 
 from rlvr import build
 from rlvr.advantage.filters import concat_scored, informative_groups, select_groups
+from rlvr.buffer import as_batch
 from rlvr.config import Config, to_yaml
 from rlvr.eval import evaluate
 from rlvr.learner.checkpoint import load_checkpoint_state, resolve_resume, save_checkpoint, set_rng_state
@@ -128,8 +129,8 @@ def train(cfg: Config, base_dir: Path | None = None) -> Path:
 
         # 3. advantage (on the whole step batch of all processes: groups are complete)
         t3 = time.perf_counter()
-        old_lp = learner.logprobs(_as_batch(scored), use_ref=False) if learner.needs_old_logprobs else None
-        ref_lp = learner.logprobs(_as_batch(scored), use_ref=True) if ref_model is not None else None
+        old_lp = learner.logprobs(as_batch(scored), use_ref=False) if learner.needs_old_logprobs else None
+        ref_lp = learner.logprobs(as_batch(scored), use_ref=True) if ref_model is not None else None
         shaped = scored.rewards
         if ref_lp is not None and cfg.loss.kl.where == "reward":
             shaped = kl_in_reward(scored.rewards, old_lp, ref_lp, rollouts.response_mask, cfg.loss.kl.coef)
@@ -174,8 +175,6 @@ def train(cfg: Config, base_dir: Path | None = None) -> Path:
     logger.close()
     rewards.close()
     acc.wait_for_everyone()
-    if torch.distributed.is_initialized():  # a process group left open can abort the process at exit
-        torch.distributed.destroy_process_group()
     if acc.is_main_process and cfg.metrics.plot and "jsonl" in cfg.metrics.sinks:
         from rlvr.metrics.plot import plot_run
 
@@ -245,22 +244,41 @@ def _all(flag: bool, world: int) -> bool:
 def gather_outcome(scored: ScoredRollouts, prompt_indices: list[int], step: int, world: int) -> StepOutcome:
     """The step's results of all processes, for plug-ins that learn from them."""
     ro = scored.rollouts
-    local = {"indices": prompt_indices, "group": ro.group.tolist(), "rewards": scored.rewards.tolist(),
-             "correct": scored.correct.tolist(), "lengths": ro.lengths.tolist(),
+    local = {"indices": prompt_indices, "num_prompts": len(prompt_indices), "group": ro.group.tolist(),
+             "rewards": scored.rewards.tolist(), "correct": scored.correct.tolist(), "lengths": ro.lengths.tolist(),
              "uids": [ro.prompts[int(g)].uid for g in ro.group],
              "responses": [ro.response_ids[i, : int(n)].tolist() for i, n in enumerate(ro.lengths)]}
+    m, _ = _gather_rows(local, world)
+    return StepOutcome(step, m["indices"], torch.tensor(m["group"], dtype=torch.long), m["uids"],
+                       torch.tensor(m["rewards"]), torch.tensor(m["correct"], dtype=torch.bool),
+                       torch.tensor(m["lengths"], dtype=torch.long), m["responses"])
+
+
+def _gather_rows(local: dict, world: int) -> tuple[dict, list[int]]:
+    """Every process's lists concatenated in rank order, and each process's first sample row.
+
+    Groups never straddle processes (a prompt's samples are generated together), so "group" ids
+    are offset by the number of prompts of the processes before; dict fields are merged per key
+    and None fields stay None.
+    """
     parts = gather_object([local]) if world > 1 else [local]
-    indices, group, rew, correct, lengths, uids, responses = [], [], [], [], [], [], []
+    merged = {k: {} if isinstance(v, dict) else None if v is None else [] for k, v in local.items()}
+    starts, offset, rows = [], 0, 0
     for p in parts:
-        group += [g + len(indices) for g in p["group"]]
-        indices += p["indices"]
-        rew += p["rewards"]
-        correct += p["correct"]
-        lengths += p["lengths"]
-        uids += p["uids"]
-        responses += p["responses"]
-    return StepOutcome(step, indices, torch.tensor(group, dtype=torch.long), uids, torch.tensor(rew),
-                       torch.tensor(correct, dtype=torch.bool), torch.tensor(lengths, dtype=torch.long), responses)
+        starts.append(rows)
+        rows += len(p["group"])
+        for k, v in p.items():
+            if k == "num_prompts" or v is None:
+                continue
+            if k == "group":
+                v = [g + offset for g in v]
+            if isinstance(v, dict):
+                for c, vals in v.items():
+                    merged[k].setdefault(c, []).extend(vals)
+            else:
+                merged[k].extend(v)
+        offset += p["num_prompts"]
+    return merged, starts
 
 
 def _zero_nonfinite(out) -> float:
@@ -274,48 +292,22 @@ def _zero_nonfinite(out) -> float:
     return float(bad.float().mean()) if bad.numel() else 0.0
 
 
-def _as_batch(scored: ScoredRollouts) -> AdvantageBatch:
-    """A batch without advantages, to pack the step's samples for log-prob passes."""
-    n = len(scored.rollouts)
-    return AdvantageBatch(scored, torch.zeros(n), torch.ones(n), None, None)
-
-
 def gather_advantage_input(scored: ScoredRollouts, rewards: torch.Tensor, step: int, rank: int, world: int,
                            strata: list | None = None):
-    """The step batch of all processes as one AdvantageInput, and this process's rows in it.
-
-    Groups never straddle processes (a prompt's samples are generated together), so group ids
-    are made unique by offsetting them with the number of prompts before this process.
-    """
+    """The step batch of all processes as one AdvantageInput, and this process's rows in it."""
     ro = scored.rollouts
     local = {
         "group": ro.group.tolist(), "rewards": rewards.tolist(), "lengths": ro.lengths.tolist(),
         "components": {k: v.tolist() for k, v in scored.components.items()},
-        "uids": [ro.prompts[int(g)].uid for g in ro.group], "num_prompts": len(ro.prompts),
-        "strata": strata,
+        "uids": [ro.prompts[int(g)].uid for g in ro.group], "num_prompts": len(ro.prompts), "strata": strata,
     }
-    parts = gather_object([local]) if world > 1 else [local]
-    group, rew, lengths, uids, comps = [], [], [], [], {k: [] for k in local["components"]}
-    all_strata = [] if strata is not None else None
-    offset, start = 0, 0
-    for i, p in enumerate(parts):
-        if i == rank:
-            start = len(group)
-        group += [g + offset for g in p["group"]]
-        offset += p["num_prompts"]
-        rew += p["rewards"]
-        lengths += p["lengths"]
-        uids += p["uids"]
-        for k in comps:
-            comps[k] += p["components"][k]
-        if all_strata is not None:
-            all_strata += p["strata"]
+    m, starts = _gather_rows(local, world)
     inp = AdvantageInput(
-        group=torch.tensor(group, dtype=torch.long), rewards=torch.tensor(rew, dtype=torch.float32),
-        components={k: torch.tensor(v) for k, v in comps.items()}, lengths=torch.tensor(lengths),
-        prompt_uids=uids, step=step, strata=all_strata,
+        group=torch.tensor(m["group"], dtype=torch.long), rewards=torch.tensor(m["rewards"], dtype=torch.float32),
+        components={k: torch.tensor(v) for k, v in m["components"].items()}, lengths=torch.tensor(m["lengths"]),
+        prompt_uids=m["uids"], step=step, strata=m["strata"],
     )
-    return inp, torch.arange(start, start + len(ro))
+    return inp, torch.arange(starts[rank], starts[rank] + len(ro))
 
 
 def rollout_metrics(ro: Rollouts) -> dict[str, float]:

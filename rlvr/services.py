@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from accelerate.utils import gather_object
 
-from rlvr.buffer import pack
+from rlvr.buffer import as_batch, pack
 from rlvr.learner.logprobs import response_logprobs
 from rlvr.reward import score_rollouts
 from rlvr.rollout import SamplingParams
@@ -63,14 +63,9 @@ class Services:
         mine = list(range(self.rank, len(prompt_ids), self.world))
         local = []
         if mine:
-            ro = _rollouts_of([prompt_ids[i] for i in mine], [response_ids[i] for i in mine], pad_id=self.learner.pad_id)
-            n = len(mine)
-            batch = AdvantageBatch(ScoredRollouts(ro, torch.zeros(n), {}, torch.zeros(n, dtype=torch.bool)),
-                                   torch.zeros(n), torch.ones(n), None, None)
-            for mb in pack(batch, torch.arange(n), LossNorm(1.0, 1.0, 1), self.learner.budget, self.learner.pad_id):
-                lp, _ = response_logprobs(self.learner.model, mb, self.learner.temperature)
-                for j, row in enumerate(mb.index.tolist()):
-                    local.append((mine[row], lp[j, : len(response_ids[mine[row]])].float().cpu()))
+            batch = _batch_of([prompt_ids[i] for i in mine], [response_ids[i] for i in mine], self.learner.pad_id)
+            lp = self.learner.logprobs(batch, use_ref=False)
+            local = [(i, lp[j, : len(response_ids[i])]) for j, i in enumerate(mine)]
         return [t for _, t in sorted(self._gather(local), key=lambda x: x[0])]
 
     def grad_norms(self, prompt_ids: list[list[int]], response_ids: list[list[int]], param_match: str) -> list[float]:
@@ -84,9 +79,7 @@ class Services:
         mine = list(range(self.rank, len(prompt_ids), self.world))
         local = []
         for i in mine:
-            ro = _rollouts_of([prompt_ids[i]], [response_ids[i]], pad_id=self.learner.pad_id)
-            batch = AdvantageBatch(ScoredRollouts(ro, torch.zeros(1), {}, torch.zeros(1, dtype=torch.bool)),
-                                   torch.zeros(1), torch.ones(1), None, None)
+            batch = _batch_of([prompt_ids[i]], [response_ids[i]], self.learner.pad_id)
             mb = pack(batch, torch.arange(1), LossNorm(1.0, 1.0, 1), 10**9, self.learner.pad_id)[0]
             param.grad = None
             with self.learner.acc.no_sync(model):
@@ -97,8 +90,8 @@ class Services:
         return [g for _, g in sorted(self._gather(local), key=lambda x: x[0])]
 
 
-def _rollouts_of(prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int) -> Rollouts:
-    """A Rollouts record for given (prompt, response) token pairs, one group per pair."""
+def _batch_of(prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int) -> AdvantageBatch:
+    """Given (prompt, response) token pairs, one group each, as a batch the learner can pack."""
     n = len(prompt_ids)
     width = max([len(r) for r in response_ids] + [1])
     ids = torch.full((n, width), pad_id, dtype=torch.long)
@@ -107,4 +100,5 @@ def _rollouts_of(prompt_ids: list[list[int]], response_ids: list[list[int]], pad
         ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
         mask[i, : len(r)] = 1.0
     prompts = [Prompt(f"probe#{i}", "", p, None, {}) for i, p in enumerate(prompt_ids)]
-    return Rollouts(prompts, torch.arange(n), ids, mask, torch.zeros(n, width), [""] * n, ["stop"] * n)
+    ro = Rollouts(prompts, torch.arange(n), ids, mask, torch.zeros(n, width), [""] * n, ["stop"] * n)
+    return as_batch(ScoredRollouts(ro, torch.zeros(n), {}, torch.zeros(n, dtype=torch.bool)))

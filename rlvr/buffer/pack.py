@@ -8,7 +8,13 @@ from __future__ import annotations
 
 import torch
 
-from rlvr.types import AdvantageBatch, LossNorm, MicroBatch
+from rlvr.types import AdvantageBatch, LossNorm, MicroBatch, ScoredRollouts
+
+
+def as_batch(scored: ScoredRollouts) -> AdvantageBatch:
+    """Samples without advantages (zeros) or log-probs, to pack them for log-prob or gradient passes."""
+    n = len(scored.rollouts)
+    return AdvantageBatch(scored, torch.zeros(n), torch.ones(n), None, None)
 
 
 def split_mini_batches(n: int, count: int, generator: torch.Generator) -> list[torch.Tensor]:

@@ -32,9 +32,9 @@ def test_two_processes_match_one(tmp_path, aggregation):
 
     model = build_tiny_model(tmp_path / "tiny")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    subprocess.run([sys.executable, str(SCRIPT), str(model), str(tmp_path / "one.pt"), aggregation], check=True, env=env)
+    subprocess.run([sys.executable, str(SCRIPT), str(model), str(tmp_path / "one.pt"), aggregation], check=True, env=env, timeout=240)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port())]
-    subprocess.run([*torchrun, str(SCRIPT), str(model), str(tmp_path / "two.pt"), aggregation], check=True, env=env)
+    subprocess.run([*torchrun, str(SCRIPT), str(model), str(tmp_path / "two.pt"), aggregation], check=True, env=env, timeout=240)
     one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
     assert (one["world"], two["world"]) == (1, 2)
     for key in ("learner/loss", "learner/pg_loss", "learner/grad_norm", "learner/entropy"):
