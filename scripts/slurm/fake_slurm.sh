@@ -1,0 +1,79 @@
+#!/bin/bash
+# Run train.sbatch on this machine as if Slurm had started it: one "node" (localhost), stand-ins
+# for scontrol and srun on PATH, and RLVR_NPROC_PER_NODE processes (default 2) over gloo on CPU.
+# It exercises the batch script, the launcher, the c10d rendezvous and rlvr's multi-process
+# path; it cannot show anything about NCCL, GPUs or a second host.
+#
+#   scripts/slurm/fake_slurm.sh                         # tiny quickstart, 2 steps, 2 processes
+#   scripts/slurm/fake_slurm.sh recipes/quickstart.yaml run.steps=3 run.output_dir=/tmp/x
+#
+# With no arguments it trains recipes/quickstart.yaml for 2 steps into a temporary folder and
+# checks that metrics.jsonl has steps 1 and 2. FAKE_SLURM_SIGNAL_AFTER=S sends SIGUSR1 to the batch
+# shell after S seconds, as Slurm's --signal=B:USR1 does before the time limit: the batch script
+# calls `scontrol requeue`, the fake one ends the job, and the job is started again once
+# (SLURM_RESTART_COUNT=1), which should resume from the latest checkpoint.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+FAKE_SLURM_DIR=${FAKE_SLURM_DIR:-$(mktemp -d -t fake-slurm-XXXXXX)}
+export FAKE_SLURM_DIR
+mkdir -p "$FAKE_SLURM_DIR/bin"
+
+cat > "$FAKE_SLURM_DIR/bin/scontrol" <<'EOF'
+#!/bin/bash
+# scontrol stand-in: `show hostnames a,b` (no bracket ranges) and `requeue JOBID`
+case "$1 ${2:-}" in
+    "show hostnames") tr ',' '\n' <<< "$3" ;;
+    "requeue "*)  # like Slurm: record it, then end the job (SIGTERM to the batch shell, our parent)
+        echo "fake scontrol: requeue $2" >&2; echo "$2" >> "$FAKE_SLURM_DIR/requeued"; kill -TERM "$PPID" ;;
+    *) echo "fake scontrol: unsupported: $*" >&2; exit 1 ;;
+esac
+EOF
+cat > "$FAKE_SLURM_DIR/bin/srun" <<'EOF'
+#!/bin/bash
+# srun stand-in for one node: drops srun's options, runs the command as task 0 of node 0
+while [[ $# -gt 0 && $1 == -* ]]; do shift; done
+SLURM_NODEID=0 SLURM_PROCID=0 SLURM_LOCALID=0 exec "$@"
+EOF
+chmod +x "$FAKE_SLURM_DIR/bin/scontrol" "$FAKE_SLURM_DIR/bin/srun"
+
+default_run=0
+if [[ $# -eq 0 ]]; then
+    default_run=1
+    OUT=$FAKE_SLURM_DIR/run
+    set -- recipes/quickstart.yaml run.steps=2 "run.output_dir=$OUT" "model.path=$FAKE_SLURM_DIR/tiny-digits" \
+        eval.at_start=false eval.every=0 metrics.sinks=[jsonl] metrics.plot=false
+fi
+
+export PATH=$FAKE_SLURM_DIR/bin:$PATH
+export SLURM_JOB_ID=${SLURM_JOB_ID:-424242} SLURM_NNODES=1 SLURM_JOB_NODELIST=localhost
+export SLURM_SUBMIT_DIR=$ROOT SLURM_RESTART_COUNT=${SLURM_RESTART_COUNT:-0}
+export RLVR_NPROC_PER_NODE=${RLVR_NPROC_PER_NODE:-2}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+if [[ ${FAKE_SLURM_GPU:-0} != 1 ]]; then
+    export CUDA_VISIBLE_DEVICES=""                   # CPU and gloo; FAKE_SLURM_GPU=1 keeps this box's GPUs (NCCL)
+fi
+
+bash "$ROOT/scripts/slurm/train.sbatch" "$@" &
+batch_pid=$!
+if [[ -n ${FAKE_SLURM_SIGNAL_AFTER:-} ]]; then
+    (sleep "$FAKE_SLURM_SIGNAL_AFTER"; kill -USR1 "$batch_pid" 2>/dev/null || true) &
+fi
+status=0
+wait "$batch_pid" || status=$?
+if [[ -s $FAKE_SLURM_DIR/requeued ]]; then   # the job asked to be requeued: start it again, as Slurm would
+    echo "fake_slurm: job ended with $status after a requeue request; starting it again"
+    rm -f "$FAKE_SLURM_DIR/requeued"
+    status=0
+    SLURM_RESTART_COUNT=$((SLURM_RESTART_COUNT + 1)) bash "$ROOT/scripts/slurm/train.sbatch" "$@" || status=$?
+fi
+[[ $status == 0 ]] || { echo "fake_slurm: train.sbatch exited with $status" >&2; exit "$status"; }
+
+if [[ $default_run == 1 ]]; then
+    "${RLVR_PYTHON:-$ROOT/.venv/bin/python}" - "$OUT/metrics.jsonl" <<'EOF'
+import json, sys
+steps = sorted({r["step"] for r in map(json.loads, open(sys.argv[1])) if "perf/step_s" in r})
+assert steps == [1, 2], f"expected steps [1, 2] in {sys.argv[1]}, got {steps}"
+print(f"fake_slurm: ok, {sys.argv[1]} has steps {steps}")
+EOF
+fi
