@@ -45,7 +45,7 @@ SETUPS = {  # vllm: extra overrides for rlvr's vllm engine on CPU (its default K
                 "vllm": ["rollout.vllm.kv_cache_gb=1"]},
 }
 # the same normaliser epsilon as TRL's advantage (rlvr's default is 1e-6)
-COMMON = ["advantage.epsilon=0.0001"]  # (written out: YAML reads 1e-4 as a string)
+COMMON = ["advantage.epsilon=1e-4"]
 
 
 def load_setup(name: str, model_path: Path | None = None, extra: list[str] = ()):

@@ -130,10 +130,17 @@ def make_engine(cfg: Config, learner: Learner, tokenizer: Any, model_path: str |
     return VLLMEngine(
         str(model_path), tokenizer, world=acc.num_processes, rank=acc.process_index,
         local_rank=acc.local_process_index, seed=cfg.run.seed, dtype=engine_dtype(cfg),
-        gpu_memory_utilization=v.gpu_memory_utilization, kv_cache_gb=v.kv_cache_gb,
+        gpu_memory_utilization=v.gpu_memory_utilization, kv_cache_gb=kv_cache_gb(cfg),
         tensor_parallel_size=v.tensor_parallel_size, max_model_len=v.max_model_len, enforce_eager=v.enforce_eager,
         sleep_mode=torch.cuda.is_available() if v.sleep_mode is None else v.sleep_mode, max_num_seqs=v.max_num_seqs,
     )
+
+
+def kv_cache_gb(cfg: Config) -> float | None:
+    """rollout.vllm.kv_cache_gb, else 1 GiB on CPU (vLLM's CPU default is a share of host memory,
+    about 7 GiB on a 24 GiB machine at our 0.3) and the memory share on GPU (None)."""
+    v = cfg.rollout.vllm.kv_cache_gb
+    return v if v is not None or torch.cuda.is_available() else 1.0
 
 
 def engine_dtype(cfg: Config) -> str:

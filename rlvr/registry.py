@@ -115,6 +115,30 @@ def build_plugin(registry: Registry, name: str, kwargs: dict[str, Any], context:
     obj = registry.get(name, base_dir)
     params = inspect.signature(obj).parameters
     wanted = {k: v for k, v in context.items() if k in params}
+    kwargs = coerce_kwargs(obj, kwargs)
     if inspect.isclass(obj):
         return obj(**wanted, **kwargs)
     return functools.partial(obj, **wanted, **kwargs)
+
+
+def type_hints(obj: Any) -> dict[str, Any]:
+    """Annotations of a plug-in's keyword arguments (a class's __init__), {} if unreadable."""
+    import inspect
+    import typing
+
+    try:
+        return typing.get_type_hints(obj.__init__ if inspect.isclass(obj) else obj, include_extras=True)
+    except Exception:
+        return {}
+
+
+def coerce_kwargs(obj: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """YAML kwargs converted to the plug-in's annotated types, as validation checked them.
+
+    An override such as `advantage.epsilon=1e-4` reads as the string "1e-4" (YAML 1.1 wants a
+    dot in a float); validation accepts it as a number, so the plug-in must get the number too.
+    """
+    from pydantic import TypeAdapter
+
+    hints = type_hints(obj)
+    return {k: TypeAdapter(hints[k]).validate_python(v) if k in hints else v for k, v in kwargs.items()}

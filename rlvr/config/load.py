@@ -32,6 +32,7 @@ from rlvr.registry import (
     Registry,
     RegistryError,
     load_object,
+    type_hints,
 )
 
 
@@ -163,13 +164,6 @@ def _explain(err: dict[str, Any]) -> str:
     return f"{key}: expected {msg}, got {err.get('input')!r}"
 
 
-def _hints(fn: Callable[..., Any]) -> dict[str, Any]:
-    try:
-        return typing.get_type_hints(fn.__init__ if inspect.isclass(fn) else fn, include_extras=True)
-    except Exception:
-        return {}
-
-
 def plugin_kwargs_problems(key: str, obj: Callable[..., Any], kwargs: dict[str, Any]) -> list[str]:
     """Check a plug-in's YAML kwargs against its signature and annotations.
 
@@ -187,7 +181,7 @@ def plugin_kwargs_problems(key: str, obj: Callable[..., Any], kwargs: dict[str, 
             params.pop(0)
     by_name = {p.name: p for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
     open_kwargs = any(p.kind is p.VAR_KEYWORD for p in params)
-    hints = _hints(obj)
+    hints = type_hints(obj)
     problems = []
     for name, value in kwargs.items():
         if name in CONTEXT_ARGS:

@@ -97,8 +97,8 @@ class VLLMConfig(Section):
         "auto", description="auto: bfloat16 on GPU, float32 on CPU")
     gpu_memory_utilization: float = Field(0.3, gt=0.0, le=1.0, description="share of GPU memory for the engine "
                                           "(weights + KV cache); the learner lives in the rest")
-    kv_cache_gb: float | None = Field(None, gt=0.0, description="KV-cache size in GiB (overrides the memory share; "
-                                      "on CPU the default takes half the host memory)")
+    kv_cache_gb: float | None = Field(None, gt=0.0, description="KV-cache size in GiB (overrides the memory share); "
+                                      "default: 1 on CPU, the memory share on GPU")
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs per engine; consecutive ranks form one group")
     max_model_len: int | None = Field(None, ge=16, description="default: prompt + max_new_tokens limit of the model")
     enforce_eager: bool = Field(False, description="no CUDA graphs (faster start, slower decode)")
