@@ -51,7 +51,7 @@ def cut_response(tokens: Sequence[int], decode: Callable[[Sequence[int]], str], 
     drops the stop string; an EOS token stays in the response too.
     Example: tokens "4", "2", "\n", "x" with stop "\n" -> (3, "stop", "42").
     """
-    toks = list(tokens)
+    toks = tokens.tolist() if isinstance(tokens, torch.Tensor) else list(tokens)  # ints, not 0-d tensors
     end = next((i for i, t in enumerate(toks) if t in eos_ids or t == pad_id), len(toks))
     text = decode(toks[:end])
     hits = [(text.find(s), s) for s in stop if s and s in text]
@@ -74,9 +74,9 @@ def assemble_rollouts(batch: PromptBatch, group: list[int], tokens: list[Sequenc
     mask = torch.zeros((len(tokens), width))
     lps = torch.zeros((len(tokens), width))
     for i, (n, _, _) in enumerate(cuts):
-        response_ids[i, :n] = torch.as_tensor(list(tokens[i][:n]), dtype=torch.long)
+        response_ids[i, :n] = torch.as_tensor(tokens[i][:n], dtype=torch.long)
         mask[i, :n] = 1.0
-        lps[i, :n] = torch.as_tensor(list(logprobs[i][:n]), dtype=torch.float32)
+        lps[i, :n] = torch.as_tensor(logprobs[i][:n], dtype=torch.float32)
     return Rollouts(prompts=batch.prompts, group=torch.tensor(group, dtype=torch.long), response_ids=response_ids,
                     response_mask=mask, rollout_logprobs=lps, texts=[c[2] for c in cuts],
                     finish_reason=[c[1] for c in cuts])

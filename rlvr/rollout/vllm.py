@@ -145,7 +145,7 @@ class VLLMEngine:
 
         self._wake()
         greedy = params.greedy
-        requests, settings, order = [], [], []
+        requests, settings = [], []
         for j, g in enumerate(batch.samples_per_prompt):
             if g == 0:
                 continue
@@ -158,7 +158,6 @@ class VLLMEngine:
                 stop=list(params.stop) or None, include_stop_str_in_output=True,
                 skip_special_tokens=True, ignore_eos=False,
             ))
-            order.append(j)
         outputs = self.llm.generate(requests, settings, use_tqdm=False) if requests else []
         tokens, logprobs = [], []
         for out in outputs:  # vLLM returns the requests in submission order, samples in index order
