@@ -40,8 +40,9 @@ def _env() -> dict[str, str]:
 
 
 def _torchrun(processes: int) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-            "--master_port", str(_free_port())]
+    # --standalone: torchrun picks and holds a free port itself (a port probed here and released
+    # could be taken by another process before torchrun binds it)
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
 
 
 def _run(cmd: list[str], timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
