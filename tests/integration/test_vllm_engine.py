@@ -189,16 +189,12 @@ def test_one_engine_per_process_under_torchrun(tmp_path):
     """Two learner processes, each with its own vLLM engine joined through the external launcher:
     every step's push is verified on both ranks (the largest gap over ranks is logged)."""
     import json
-    import socket
     import subprocess
     import sys
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "rlvr", "train", str(root / "recipes" / "quickstart.yaml"), "rollout.engine=vllm",
            f"run.output_dir={tmp_path / 'run'}", f"model.path={tmp_path / 'tiny'}", "run.steps=3",
            "eval.every=0", "eval.at_start=false", "rollout.vllm.kv_cache_gb=0.25", "metrics.sinks=[jsonl]",
