@@ -82,6 +82,16 @@ def assemble_rollouts(batch: PromptBatch, group: list[int], tokens: list[Sequenc
                     finish_reason=[c[1] for c in cuts])
 
 
+def end_token_ids(generation_eos: int | Sequence[int] | None, tokenizer_eos: int | None) -> list[int]:
+    """The ids that end a response, for every engine: the model's generation config (chat models
+    list several, e.g. an end-of-turn marker besides end-of-text) plus the tokenizer's EOS.
+    Example: (2, 7) -> [2, 7]; ([2, 7], 2) -> [2, 7]; (None, 5) -> [5]."""
+    ids = [generation_eos] if isinstance(generation_eos, int) else list(generation_eos or [])
+    if tokenizer_eos is not None and tokenizer_eos not in ids:
+        ids.append(tokenizer_eos)
+    return ids
+
+
 def rows_of(batch: PromptBatch) -> list[int]:
     """The prompt index of every sample row: samples_per_prompt [2, 1] -> [0, 0, 1]."""
     return [j for j, g in enumerate(batch.samples_per_prompt) for _ in range(g)]

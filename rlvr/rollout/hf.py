@@ -10,16 +10,8 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
 
-from rlvr.rollout.base import SamplingParams, WeightsFn, assemble_rollouts, rows_of
+from rlvr.rollout.base import SamplingParams, WeightsFn, assemble_rollouts, end_token_ids, rows_of
 from rlvr.types import PromptBatch, Rollouts
-
-
-def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    ids = model.generation_config.eos_token_id
-    ids = [ids] if isinstance(ids, int) else list(ids or [])
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
-        ids.append(tokenizer.eos_token_id)
-    return ids
 
 
 def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,7 +58,7 @@ class HFEngine:
         self.tokenizer = tokenizer
         self.batch_prompts = batch_prompts
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.eos_ids = _eos_ids(model, tokenizer)
+        self.eos_ids = end_token_ids(model.generation_config.eos_token_id, tokenizer.eos_token_id)
 
     def update_weights(self, weights: WeightsFn) -> None:
         if self.shares_learner_weights:

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from rlvr.rollout.base import SamplingParams, WeightsFn, assemble_rollouts, rows_of
+from rlvr.rollout.base import SamplingParams, WeightsFn, assemble_rollouts, end_token_ids, rows_of
 from rlvr.types import PromptBatch, Rollouts
 
 
@@ -62,16 +62,14 @@ def _refresh_tied_head(worker: Any) -> None:
 
 
 def eos_token_ids(model_path: str, tokenizer: Any) -> list[int]:
-    """The ids that end a response: the model's generation config (chat models list several,
-    e.g. an end-of-turn marker besides end-of-text) plus the tokenizer's EOS, as the hf engine."""
+    """end_token_ids from the model folder's generation config (vLLM is told to ignore that file)."""
     from transformers import GenerationConfig
 
     try:
         ids = GenerationConfig.from_pretrained(model_path).eos_token_id
     except OSError:
         ids = None
-    ids = [ids] if isinstance(ids, int) else list(ids or [])
-    return sorted({*ids, tokenizer.eos_token_id} - {None})
+    return end_token_ids(ids, tokenizer.eos_token_id)
 
 
 class VLLMEngine:
