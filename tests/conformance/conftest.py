@@ -3,6 +3,9 @@
 Reads every file from $RLVR_VECTORS_DIR (default ../shared/vectors, else the snapshot in
 tests/vectors). Tests must iterate over every case a file holds, so another directory of files
 with the same schemas and different numbers is checked the same way.
+
+A vector file that is missing, unreadable or not valid JSON is a test failure naming the file and
+the folder, never a skip: pointing $RLVR_VECTORS_DIR at an incomplete folder must not pass.
 """
 
 import json
@@ -27,11 +30,45 @@ def _parse(x):
     return x
 
 
-def load_vectors(name: str) -> dict:
+# every file the conformance tests read; a vectors folder must hold all of them
+VECTOR_FILES = ("bnpo.json", "delta_l_norm.json", "grpo.json", "gvm.json", "spo.json", "stratified_grpo.json",
+                "vade.json", "vas.json")
+
+
+class MissingVectors(Exception):
+    """A vector file could not be read: raised at collection time, turned into a test failure."""
+
+
+def vectors_source() -> str:
+    """Where VECTORS_DIR came from, for failure messages."""
+    return "$RLVR_VECTORS_DIR" if os.environ.get("RLVR_VECTORS_DIR") else "the default"
+
+
+def read_vectors(name: str) -> dict:
+    """The parsed vector file `name`, or MissingVectors naming the file and the folder."""
     path = VECTORS_DIR / name
-    if not path.is_file():
-        pytest.skip(f"no {name} in {VECTORS_DIR}")
-    return _parse(json.loads(path.read_text()))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        if not VECTORS_DIR.is_dir():
+            why = "missing: the folder does not exist"
+        else:
+            why = "missing" if not path.exists() else f"unreadable ({e.strerror or e})"
+        raise MissingVectors(f"vector file {name} is {why} in {VECTORS_DIR} ({vectors_source()}); "
+                             "every file of tests/vectors/ must be there") from None
+    try:
+        return _parse(json.loads(text))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise MissingVectors(f"vector file {path} is not valid JSON: {e}") from None
+
+
+def load_vectors(name: str) -> dict:
+    """read_vectors for use inside a test: a missing or broken file fails the test (not a skip)."""
+    try:
+        return read_vectors(name)
+    except MissingVectors as e:
+        problem = str(e)
+    pytest.fail(problem, pytrace=False)  # outside the except: no chained "during handling" noise
 
 
 def assert_close(got, exp, path: str = "") -> None:
