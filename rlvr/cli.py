@@ -1,15 +1,30 @@
-"""`rlvr train | eval | config show | config validate | plot`."""
+"""`rlvr [--debug] train | eval | config show | config validate | plot`.
+
+Errors reach the user as one or a few lines on stderr, never a traceback unless `--debug`:
+
+    error: <message>                                   an RlvrError (a recipe, data, checkpoint or
+                                                       reward problem, a stopped run); exit code
+                                                       its `exit_code` (2: the input is wrong)
+    error: <Type>: <message>                           anything else (a bug or a library's error);
+    (rerun with `rlvr --debug ...` for the traceback)  exit code 1
+    error: interrupted                                 Ctrl-C that reached the top; exit code 130
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
+
+# a foreign exception's message is cut to this many lines (library errors can run to dozens)
+_MAX_MESSAGE_LINES = 4
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rlvr", description="RL post-training with verifiable rewards")
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train from a recipe")
     t.add_argument("recipe")
@@ -20,7 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("overrides", nargs="*")
     c = sub.add_parser("config", help="inspect a recipe")
     csub = c.add_subparsers(dest="action", required=True)
-    for name, text in (("show", "print the fully resolved recipe"), ("validate", "check a recipe")):
+    for name, text in (("show", "print the fully resolved recipe"),
+                       ("validate", "check a recipe, its model and data, before anything heavy")):
         a = csub.add_parser(name, help=text)
         a.add_argument("recipe")
         a.add_argument("overrides", nargs="*")
@@ -31,32 +47,61 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
-    from rlvr.config import ConfigError, load_config, to_yaml
+    if args.debug:
+        return _run(args)
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # the top of the program: say it in a line, not a traceback
+        return _report(e, argv)
+
+
+def _report(e: Exception, argv: list[str]) -> int:
+    """Print `e` for a user and return the exit code (see the module docstring)."""
+    from rlvr.errors import RlvrError
+
+    if isinstance(e, RlvrError):
+        print(f"error: {e}", file=sys.stderr)
+        return int(e.exit_code)
+    lines = str(e).strip().splitlines() or [""]
+    text = "\n".join(lines[:_MAX_MESSAGE_LINES]) + (" [...]" if len(lines) > _MAX_MESSAGE_LINES else "")
+    print(f"error: {type(e).__name__}: {text}".rstrip(), file=sys.stderr)
+    print(f"(rerun with `rlvr --debug {shlex.join(argv)}` for the traceback)", file=sys.stderr)
+    return 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    from rlvr.config import load_config, to_yaml
 
     if args.command == "plot":
         from rlvr.metrics.plot import plot_run
 
         print(plot_run(args.run_dir, args.out))
         return 0
-    try:
-        cfg = load_config(args.recipe, args.overrides)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     base_dir = Path(args.recipe).parent
     if args.command == "config":
+        # show prints what was asked even when the model is not there yet; validate checks it all
+        full = args.action == "validate"
+        cfg = load_config(args.recipe, args.overrides, check_inputs=full, check_context=full)
         if args.action == "show":
             print(to_yaml(cfg), end="")
         else:
             print(f"{args.recipe}: valid")
         return 0
     if args.command == "train":
+        # the model folder and the data are checked here, before anything loads; the prompt length
+        # against the model's context right after the tokenizer loads (inside train)
+        cfg = load_config(args.recipe, args.overrides, check_inputs=True)
         from rlvr.loop import train
 
         train(cfg, base_dir)
         return 0
     if args.command == "eval":
+        cfg = load_config(args.recipe, args.overrides)
         from rlvr.standalone_eval import eval_model
 
         print(json.dumps(eval_model(args.model_dir, cfg, base_dir), indent=2))

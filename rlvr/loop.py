@@ -19,6 +19,7 @@ from rlvr.buffer import as_batch
 from rlvr.config import Config, to_yaml
 from rlvr.eval import evaluate
 from rlvr.learner.checkpoint import load_checkpoint_state, resolve_resume, save_checkpoint, set_rng_state
+from rlvr.config.preflight import check_prompt_lengths
 from rlvr.learner.policy_loss import kl_in_reward
 from rlvr.metrics import MetricsLogger, tensor_stats
 from rlvr.registry import load_object
@@ -54,8 +55,6 @@ def train(cfg: Config, base_dir: Path | None = None) -> Path:
     ref_model = None
     if cfg.loss.kl.coef > 0:
         ref_model = build.load_model(cfg.model.ref_path or policy_path, cfg, trainable=False)
-    train_prompts, data_stats = build.load_prompt_set(cfg, cfg.data.train, tokenizer, base_dir)
-    eval_prompts = build.load_prompt_set(cfg, cfg.data.eval, tokenizer, base_dir)[0] if cfg.data.eval else []
     plugins = build.make_plugins(cfg, train_prompts, base_dir)
     sampler, allocator, estimator = plugins["sampler"], plugins["allocator"], plugins["advantage"]
     rewards = build.make_reward_runner(cfg, base_dir)
@@ -85,6 +84,10 @@ def train(cfg: Config, base_dir: Path | None = None) -> Path:
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
         logger.write(f"rlvr: {cfg.run.name} | policy {policy_path} | {len(train_prompts)} train / "
                      f"{len(eval_prompts)} eval prompts | {'resuming at step ' + str(start) if ckpt else 'fresh start'}"
+    # the data before the model: a bad row, or a prompt longer than the model's context, fails in seconds
+    train_prompts, data_stats = build.load_prompt_set(cfg, cfg.data.train, tokenizer, base_dir)
+    eval_prompts = build.load_prompt_set(cfg, cfg.data.eval, tokenizer, base_dir)[0] if cfg.data.eval else []
+    check_prompt_lengths(cfg, ckpt / "model" if ckpt else policy_path, train_prompts, eval_prompts)
                      f" | {world} process(es) on {acc.device}")
         if data_stats["skipped"]:
             reasons = ", ".join(f"{k} {v}" for k, v in data_stats.items() if k not in ("rows", "skipped") and v)

@@ -9,6 +9,17 @@ against the current directory, then against the recipe's directory when one is g
     ... def grpo(...): ...
     >>> ADVANTAGE.get("grpo")                     # the built-in
     >>> ADVANTAGE.get("my_adv.py:estimator")      # a user's function, no edit inside rlvr
+
+Plug-ins that only make sense with other settings say so by declaring `problems(cfg) -> list[str]`:
+a staticmethod or classmethod on a class plug-in, or an attribute of a function plug-in
+(`fn.problems = ...`). `rlvr config validate` (and `rlvr train`, before any model loads) calls it
+with the whole validated `Config` for every configured plug-in; each returned string is one
+problem that names the keys to change, e.g.
+
+    advantage.name: delta_l needs loss.aggregation.name: delta_l (got token_mean)
+
+It must be cheap and side-effect free (no model, no data); an exception it raises is reported as
+a problem of that plug-in, not a crash.
 """
 
 from __future__ import annotations
@@ -22,11 +33,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from rlvr.errors import RlvrError
+
 SEAMS = ("sampler", "allocator", "reward", "advantage", "aggregation", "policy_loss")
 
 
-class RegistryError(LookupError):
-    pass
+class RegistryError(RlvrError, LookupError):
+    """A plug-in name that does not resolve to something callable; the message names the reference."""
+
+    exit_code = 2
 
 
 def load_object(ref: str, base_dir: str | Path | None = None) -> Any:
@@ -51,18 +66,69 @@ def load_object(ref: str, base_dir: str | Path | None = None) -> Any:
             sys.modules[mod_name] = module
             try:
                 spec.loader.exec_module(module)
-            except Exception as e:
+            except KeyboardInterrupt:
                 del sys.modules[mod_name]
-                raise RegistryError(f"{ref!r}: importing {path} failed: {type(e).__name__}: {e}") from e
+                raise
+            except BaseException as e:  # sys.exit at import must not end rlvr silently
+                del sys.modules[mod_name]
+                raise RegistryError(f"{ref!r}: importing {path} {_import_failure(e)}") from e
     else:
         try:
             module = importlib.import_module(target)
+        except KeyboardInterrupt:
+            raise
         except ImportError as e:
             raise RegistryError(f"{ref!r}: cannot import module {target!r}: {e}") from e
+        except BaseException as e:
+            raise RegistryError(f"{ref!r}: importing module {target!r} {_import_failure(e)}") from e
     try:
         return getattr(module, attr)
     except AttributeError:
         raise RegistryError(f"{ref!r}: {target!r} has no attribute {attr!r}") from None
+
+
+def _import_failure(e: BaseException) -> str:
+    """How an import ended, for a message: a raised error, or a call of sys.exit."""
+    if isinstance(e, SystemExit):
+        return f"called sys.exit({e.code!r}); a plug-in file must not exit when imported"
+    return f"failed: {type(e).__name__}: {e}"
+
+
+def load_callable(ref: str, base_dir: str | Path | None = None) -> Callable[..., Any]:
+    """`load_object`, and the object must be a function or class (a plug-in is called)."""
+    obj = load_object(ref, base_dir)
+    if not callable(obj):
+        raise RegistryError(f"{ref!r} is {_describe(obj)}, not a function or class")
+    return obj
+
+
+def _describe(obj: Any) -> str:
+    text, kind = repr(obj), type(obj).__name__
+    article = "an" if kind[:1].lower() in "aeiou" else "a"
+    return f"{article} {kind} ({text if len(text) <= 40 else text[:37] + '...'})"
+
+
+def declared_problems(obj: Any, cfg: Any, key: str = "plug-in") -> list[str]:
+    """What a plug-in's optional `problems(cfg)` says about the recipe (see the module docstring);
+    `key` (e.g. "advantage.name") prefixes the problem reported when the check itself raises.
+
+    On a class only a staticmethod or classmethod counts: an instance method of that name is the
+    plug-in's own business and is never called without an instance.
+    """
+    import inspect
+
+    if inspect.isclass(obj):
+        raw = inspect.getattr_static(obj, "problems", None)
+        if not isinstance(raw, (staticmethod, classmethod)):
+            return []
+    fn = getattr(obj, "problems", None)
+    if not callable(fn):
+        return []
+    try:
+        found = fn(cfg)
+    except Exception as e:  # a plug-in's own check must not crash validation
+        return [f"{key}: {getattr(obj, '__name__', obj)}.problems(cfg) raised {type(e).__name__}: {e}"]
+    return [str(p) for p in found or []]
 
 
 class Registry:
@@ -86,7 +152,7 @@ class Registry:
         if name in self._items:
             return self._items[name]
         if ":" in name:
-            return load_object(name, base_dir)
+            return load_callable(name, base_dir)
         hint = difflib.get_close_matches(name, self.names(), n=1)
         msg = f"unknown {self.seam} {name!r}; built-ins are {', '.join(self.names())}"
         if hint:

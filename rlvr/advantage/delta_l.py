@@ -17,7 +17,7 @@ aggregation with unit weights is Dr. GRPO's (with std-normalised advantages: "Dr
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import Field
@@ -81,6 +81,16 @@ class DeltaL:
     default (math), 0 = uniform weights ("Dr. GRPO Norm"). epsilon and singleton as in `grpo`.
     Metrics: advantage/zero_std_frac, advantage/length_weight_min, advantage/length_weight_max.
     """
+
+    @staticmethod
+    def problems(cfg: Any) -> list[str]:
+        """Checked by `rlvr config validate`: the two halves of ΔL go together (spec §5)."""
+        got = cfg.loss.aggregation.name
+        if got == "delta_l":
+            return []
+        return [f"advantage.name: delta_l needs loss.aggregation.name: delta_l (got {got}); its length "
+                "weights give ΔL's unbiased minimum-variance gradient only with that constant-denominator "
+                "aggregation"]
 
     def __init__(
         self,

@@ -571,6 +571,14 @@ class SPOSampler:
     Needs `advantage: {name: spo}`, whose tracker it reads.
     """
 
+    @staticmethod
+    def problems(cfg: Any) -> list[str]:
+        """Checked by `rlvr config validate`: the sampler reads the SPO estimator's tracker."""
+        if cfg.advantage.name == "spo":
+            return []
+        return [f"sampling.sampler.name: spo needs advantage.name: spo (got {cfg.advantage.name}); "
+                "the sampler draws by the success estimates the SPO estimator keeps"]
+
     def __init__(self, num_prompts: int, seed: int, prompt_uids: list[str], advantage: Any, *,
                  pool_factor: Annotated[int, Field(ge=1)] = 4):
         if not isinstance(advantage, SPO):

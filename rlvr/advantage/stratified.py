@@ -163,6 +163,14 @@ class Stratified:
     (mean over samples of |mu_k - mu|, in reward units), advantage/zero_std_frac.
     """
 
+    @staticmethod
+    def problems(cfg: Any) -> list[str]:
+        """Checked by `rlvr config validate`: without a stratum function there are no strata."""
+        if cfg.rollout.stratum is not None:
+            return []
+        return ["advantage.name: stratified needs rollout.stratum (got null): a function from a completion's "
+                "text to its stratum key, e.g. rlvr.advantage.stratified:count_tool_calls"]
+
     def __init__(
         self,
         alpha: Annotated[float, Field(ge=0, le=1)] = 1.0,

@@ -5,6 +5,12 @@ All problems are collected and reported together; each names the full dotted key
     model.lr: unknown key (did you mean 'learner.lr'?)
     learner.lr: expected a number greater than 0, got -1
     advantage.epsilon: expected a valid number, got 'tiny'
+    advantage.name: delta_l needs loss.aggregation.name: delta_l (got token_mean)
+    learner.lr: given twice (lines 3 and 5); YAML would silently keep the last
+
+Schema errors do not hide the others: plug-in sections, rewards and data sources are checked
+from the raw recipe too. With `check_inputs` the model folder and data files must exist and read
+(see rlvr/config/preflight.py); with `check_context` the prompts must fit the model's context.
 """
 
 from __future__ import annotations
@@ -22,7 +28,16 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from rlvr.config.schema import Config, Plugin
+from rlvr.config.schema import (
+    Config,
+    DataConfig,
+    LossConfig,
+    ModelConfig,
+    Plugin,
+    RewardConfig,
+    RunConfig,
+)
+from rlvr.errors import RlvrError
 from rlvr.registry import (
     ADVANTAGE,
     AGGREGATION,
@@ -31,15 +46,88 @@ from rlvr.registry import (
     SAMPLER,
     Registry,
     RegistryError,
-    load_object,
+    declared_problems,
+    load_callable,
     type_hints,
 )
 
 
-class ConfigError(ValueError):
+class ConfigError(RlvrError, ValueError):
+    """The recipe is wrong; `problems` lists every problem found, each naming its full key.
+
+    Exit code 2 from the CLI: nothing ran. Still a ValueError for code that caught that before.
+    """
+
+    exit_code = 2
+
     def __init__(self, problems: list[str], source: str = "recipe"):
         self.problems = problems
         super().__init__(f"{source}: {len(problems)} problem(s)\n  " + "\n  ".join(problems))
+
+
+class RecipeLoader(yaml.SafeLoader):
+    """SafeLoader whose mappings refuse a key given twice.
+
+    Plain YAML keeps the last of two equal keys without a word, so `learner: {lr: 1, lr: 2}` would
+    train with 2 while the author reads 1. Every duplicate of the document is collected (named by
+    its full dotted key and both lines) and raised together as DuplicateKeys once it is read.
+    Keys brought in by a `<<:` merge may be overridden: that is what merging is for.
+    """
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        self._paths: dict[int, str] = {}
+        self._duplicates: list[tuple[int, int, str]] = []  # (line, column) of the repeat, problem
+        _name_mappings(node, "", self._paths)
+        data = super().construct_document(node)
+        if self._duplicates:
+            raise DuplicateKeys([problem for *_, problem in sorted(self._duplicates)])
+        return data
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node)
+            except TypeError:  # an unhashable key: SafeLoader reports it itself
+                continue
+            if first is not key_node:
+                prefix, mark = self._paths.get(id(node), ""), key_node.start_mark
+                self._duplicates.append((mark.line, mark.column, f"{prefix}{key}: given twice "
+                                         f"({_where(first, key_node)}); YAML would silently keep the last"))
+        return super().construct_mapping(node, deep=deep)
+
+
+class DuplicateKeys(yaml.YAMLError):
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+def _name_mappings(node: yaml.Node, prefix: str, out: dict[int, str]) -> None:
+    """Record the dotted-key prefix ("learner.") of every mapping node under `node`."""
+    if isinstance(node, yaml.MappingNode):
+        out.setdefault(id(node), prefix)
+        for key_node, value in node.value:
+            name = key_node.value if isinstance(key_node, yaml.ScalarNode) else "?"
+            _name_mappings(value, f"{prefix}{name}.", out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _name_mappings(item, f"{prefix.rstrip('.')}[{i}].", out)
+
+
+def _where(first: yaml.Node, second: yaml.Node) -> str:
+    a, b = first.start_mark, second.start_mark
+    if a.line == b.line:
+        return f"line {a.line + 1}, columns {a.column + 1} and {b.column + 1}"
+    return f"lines {a.line + 1} and {b.line + 1}"
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML text as Python data, refusing duplicate keys (RecipeLoader)."""
+    return yaml.load(text, Loader=RecipeLoader)  # a SafeLoader subclass: no arbitrary objects
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -47,7 +135,11 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError([f"file not found: {path}"], str(path))
     try:
-        data = yaml.safe_load(path.read_text())
+        data = parse_yaml(path.read_text(encoding="utf-8"))
+    except DuplicateKeys as e:
+        raise ConfigError(e.problems, str(path)) from None
+    except UnicodeDecodeError as e:
+        raise ConfigError([f"not UTF-8 (byte offset {e.start})"], str(path)) from None
     except yaml.YAMLError as e:
         raise ConfigError([f"invalid YAML: {e}"], str(path)) from None
     if data is None:
@@ -58,16 +150,21 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    """`top` over `base`, recursively for mappings (lists and values are replaced whole)."""
+    """`top` over `base`, recursively for mappings (lists and values are replaced whole).
+
+    An empty mapping replaces: `args: {}` in a derived recipe removes the base's arguments (merged,
+    it would keep them all, and no value could get rid of them).
+    """
     out = dict(base)
     for k, v in top.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        merge = isinstance(v, dict) and v and isinstance(out.get(k), dict)
+        out[k] = _merge(out[k], v) if merge else v
     return out
 
 
 def load_recipe(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """A recipe with its `base:` chain resolved: `base: quickstart.yaml` (relative to the recipe)
-    loads that recipe first and applies this one's keys over it."""
+    loads that recipe first and applies this one's keys over it (see `_merge`)."""
     path = Path(path).resolve()
     if path in _seen:
         raise ConfigError([f"base: recipes include each other ({' -> '.join(p.name for p in (*_seen, path))})"],
@@ -89,7 +186,14 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             continue
         key, text = item.split("=", 1)
         parts = key.strip().split(".")
-        value = yaml.safe_load(text) if text.strip() else None
+        try:
+            value = parse_yaml(text) if text.strip() else None
+        except DuplicateKeys as e:
+            problems += [f"{key}.{p}" for p in e.problems]
+            continue
+        except yaml.YAMLError as e:
+            problems.append(f"{key}: invalid YAML value {text!r} ({str(e).splitlines()[0]})")
+            continue
         node: Any = out
         for i, part in enumerate(parts[:-1]):
             if isinstance(node, list):
@@ -216,21 +320,54 @@ PLUGIN_SECTIONS: list[tuple[tuple[str, ...], Registry]] = [
 ]
 
 
-def _plugin_problems(cfg: Config, base_dir: str | Path | None) -> list[str]:
+def _plugin_sections(cfg: Config | None, raw: dict[str, Any]) -> list[tuple[str, Registry, Plugin | None]]:
+    """(dotted key, registry, section) of every plug-in section; from the raw recipe when the whole
+    schema failed, so a plug-in's problems are reported next to the schema's (None: unreadable)."""
+    out = []
+    for path, registry in PLUGIN_SECTIONS:
+        key = ".".join(path)
+        if cfg is not None:
+            section: Any = cfg
+            for part in path:
+                section = getattr(section, part)
+            out.append((key, registry, section))
+            continue
+        node: Any = raw
+        for part in path:
+            node = node.get(part) if isinstance(node, dict) else None
+        try:
+            out.append((key, registry, Plugin.model_validate(node) if node is not None else None))
+        except ValidationError:
+            out.append((key, registry, None))  # the schema's problems already name it
+    return out
+
+
+def _plugin_problems(sections: list[tuple[str, Registry, Plugin | None]],
+                     base_dir: str | Path | None) -> list[str]:
     import rlvr.plugins  # noqa: F401  (registers the built-ins)
 
     problems = []
-    for path, registry in PLUGIN_SECTIONS:
-        section: Any = cfg
-        for part in path:
-            section = getattr(section, part)
-        key = ".".join(path)
+    for key, registry, section in sections:
+        if section is None:
+            continue
         try:
             obj = registry.get(section.name, base_dir)
         except RegistryError as e:
             problems.append(f"{key}.name: {e}")
             continue
         problems += plugin_kwargs_problems(key, obj, section.kwargs)
+    return problems
+
+
+def _declared_problems(cfg: Config, base_dir: str | Path | None) -> list[str]:
+    """What each configured plug-in's own `problems(cfg)` says (plug-ins that must go together)."""
+    problems = []
+    for key, registry, section in _plugin_sections(cfg, {}):
+        try:
+            obj = registry.get(section.name, base_dir)
+        except RegistryError:
+            continue  # already reported
+        problems += declared_problems(obj, cfg, f"{key}.name")
     return problems
 
 
@@ -246,7 +383,7 @@ def _cross_problems(cfg: Config, base_dir: str | Path | None = None) -> list[str
         problems.append("sampling.dynamic.refill: needs sampling.dynamic.filter_zero_variance: true")
     if cfg.rollout.stratum is not None:
         try:
-            load_object(cfg.rollout.stratum, base_dir)
+            load_callable(cfg.rollout.stratum, base_dir)
         except RegistryError as e:
             problems.append(f"rollout.stratum: {e}")
     if cfg.data.prompt_field is None and cfg.data.prompt_template is None:
@@ -260,16 +397,58 @@ def _cross_problems(cfg: Config, base_dir: str | Path | None = None) -> list[str
     return problems
 
 
-def _reward_problems(cfg: Config, base_dir: str | Path | None) -> list[str]:
+def _reward_problems(reward: RewardConfig | None, base_dir: str | Path | None) -> list[str]:
     from rlvr.reward import check_specs
 
-    return check_specs(reward_specs(cfg), base_dir=base_dir, accuracy=cfg.reward.accuracy)
+    if reward is None:
+        return []
+    return check_specs(_specs(reward), base_dir=base_dir, accuracy=reward.accuracy)
 
 
 def reward_specs(cfg: Config) -> list[Any]:
+    return _specs(cfg.reward)
+
+
+def _specs(reward: RewardConfig) -> list[Any]:
     from rlvr.reward import RewardSpec
 
-    return [RewardSpec(**f.model_dump()) for f in cfg.reward.functions]
+    return [RewardSpec(**f.model_dump()) for f in reward.functions]
+
+
+def _section(cfg: Config | None, raw: dict[str, Any], name: str, cls: type[BaseModel]) -> Any:
+    """One top-level section, validated alone from the raw recipe when the whole did not validate
+    (None when it is missing or has problems of its own, which the schema already reported)."""
+    if cfg is not None:
+        return getattr(cfg, name)
+    if not isinstance(raw, dict):
+        return None
+    try:
+        return cls.model_validate(raw.get(name, {}))
+    except ValidationError:
+        return None
+
+
+def _input_problems(cfg: Config | None, raw: dict[str, Any], base_dir: str | Path | None, *,
+                    check_inputs: bool) -> list[str]:
+    """Data sources always (cheap: task names and arguments); with `check_inputs` also the model
+    folder and reading every data file (see rlvr/config/preflight.py)."""
+    from rlvr.config import preflight
+
+    problems = []
+    data = _section(cfg, raw, "data", DataConfig)
+    if data is not None:
+        problems += preflight.data_problems(data, base_dir, read=check_inputs)
+    if check_inputs:
+        if cfg is not None:
+            problems += preflight.model_problems(cfg, base_dir)
+        else:  # without run/loss sections that validate, resuming and KL cannot be told: skip
+            model = _section(cfg, raw, "model", ModelConfig)
+            run = _section(cfg, raw, "run", RunConfig)
+            loss = _section(cfg, raw, "loss", LossConfig)
+            if model is not None and run is not None and loss is not None:
+                partial = Config.model_construct(model=model, run=run, loss=loss)
+                problems += preflight.model_problems(partial, base_dir)
+    return problems
 
 
 def _default_plugin_names(raw: dict[str, Any]) -> dict[str, Any]:
@@ -290,21 +469,43 @@ def _default_plugin_names(raw: dict[str, Any]) -> dict[str, Any]:
     return raw
 
 
-def validate(raw: dict[str, Any], base_dir: str | Path | None = None, source: str = "recipe") -> Config:
+def validate(raw: dict[str, Any], base_dir: str | Path | None = None, source: str = "recipe", *,
+             check_inputs: bool = False, check_context: bool = False) -> Config:
+    """The typed recipe, or ConfigError listing every problem found.
+
+    Always: the schema, plug-in names and kwargs, rewards, synthetic data sources, cross-field
+    rules and what plug-ins declare with `problems(cfg)`. `check_inputs`: the model folder exists
+    and the data files read and have the fields (`rlvr train`, `rlvr config validate`).
+    `check_context`: the prompts fit the model's context, when the tokenizer and model config are
+    at hand without downloading (`rlvr config validate`; training checks after its tokenizer loads).
+    """
+    from rlvr.config import preflight
+
     raw = _default_plugin_names(raw)
     try:
-        cfg = Config.model_validate(raw)
+        cfg: Config | None = Config.model_validate(raw)
+        problems = []
     except ValidationError as e:
-        raise ConfigError([_explain(err) for err in e.errors()], source) from None
-    problems = _plugin_problems(cfg, base_dir) + _reward_problems(cfg, base_dir) + _cross_problems(cfg, base_dir)
+        cfg, problems = None, [_explain(err) for err in e.errors()]
+    problems += _plugin_problems(_plugin_sections(cfg, raw), base_dir)
+    problems += _reward_problems(_section(cfg, raw, "reward", RewardConfig), base_dir)
+    problems += _input_problems(cfg, raw, base_dir, check_inputs=check_inputs)
+    if cfg is not None:
+        problems += _cross_problems(cfg, base_dir) + _declared_problems(cfg, base_dir)
+    if cfg is not None and not problems and check_context:
+        problems += preflight.local_context_problems(cfg, base_dir)
     if problems:
         raise ConfigError(problems, source)
+    assert cfg is not None
     return cfg
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+def load_config(path: str | Path, overrides: list[str] | None = None, *, check_inputs: bool = False,
+                check_context: bool = False) -> Config:
+    """Read, merge, override and `validate` a recipe (see there for the two checks)."""
     raw = apply_overrides(load_recipe(path), overrides or [])
-    return validate(raw, base_dir=Path(path).parent, source=str(path))
+    return validate(raw, base_dir=Path(path).parent, source=str(path), check_inputs=check_inputs,
+                    check_context=check_context)
 
 
 def to_yaml(cfg: Config) -> str:

@@ -60,8 +60,14 @@ class ModelConfig(Section):
 class DatasetConfig(Section):
     path: str
     split: str | None = None
-    args: dict[str, Any] = Field(default_factory=dict, description="arguments of a synthetic:<task> source")
+    args: dict[str, Any] = Field(default_factory=dict, description="arguments of a synthetic:<task> source; "
+                                 "`{}` or null in a derived recipe drops those of its base")
     limit: int | None = Field(None, ge=1, description="use only the first `limit` rows")
+
+    @field_validator("args", mode="before")
+    @classmethod
+    def _null_is_none(cls, v: Any) -> Any:
+        return {} if v is None else v
 
 
 class DataConfig(Section):

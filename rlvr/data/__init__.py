@@ -7,7 +7,7 @@
 """
 
 from rlvr.data.errors import DataError
-from rlvr.data.prompts import BAD_ROW_REASONS, build_prompts
+from rlvr.data.prompts import BAD_ROW_REASONS, build_prompts, check_rows
 from rlvr.data.sources import load_rows
 
-__all__ = ["BAD_ROW_REASONS", "DataError", "build_prompts", "load_rows"]
+__all__ = ["BAD_ROW_REASONS", "DataError", "build_prompts", "check_rows", "load_rows"]

@@ -64,14 +64,7 @@ def build_prompts(
     use_chat = _check_options(
         tokenizer, prompt_field, prompt_template, system_prompt, chat_template, on_bad_row
     )
-    bad: list[tuple[int, str, str]] = []  # (row index, reason, message)
-    kept: list[tuple[int, str, str | None]] = []  # (row index, text, answer)
-    for i, row in enumerate(rows):
-        try:
-            kept.append((i, _prompt_text(row, prompt_field, prompt_template), _answer(row, answer_field)))
-        except _BadRow as e:
-            bad.append((i, e.reason, str(e)))
-
+    kept, bad = _templated(rows, prompt_field, prompt_template, answer_field)
     texts = _render([text for _, text, _ in kept], tokenizer, system_prompt, use_chat)
     token_ids = tokenizer(texts, add_special_tokens=not use_chat)["input_ids"] if texts else []
     prompts = []
@@ -88,6 +81,41 @@ def build_prompts(
     stats = {"rows": len(rows), "skipped": len(bad)}
     stats.update({reason: sum(r == reason for _, r, _ in bad) for reason in BAD_ROW_REASONS})
     return prompts, stats
+
+
+def check_rows(
+    rows: list[dict[str, Any]],
+    source: str,
+    *,
+    prompt_field: str | None = "prompt",
+    prompt_template: str | None = None,
+    answer_field: str | None = "answer",
+    on_bad_row: Literal["error", "skip"] = "error",
+) -> None:
+    """The row checks of `build_prompts` that need no tokenizer (fields, template, answer), for
+    validating a recipe before any model or tokenizer exists; raises the same DataError."""
+    if prompt_field is None and prompt_template is None:
+        raise DataError("set prompt_field or prompt_template: there is no way to find the prompt text")
+    _, bad = _templated(rows, prompt_field, prompt_template, answer_field)
+    if bad and on_bad_row == "error":
+        raise DataError(_first_problem(source, bad))
+
+
+def _templated(
+    rows: list[dict[str, Any]],
+    prompt_field: str | None,
+    prompt_template: str | None,
+    answer_field: str | None,
+) -> tuple[list[tuple[int, str, str | None]], list[tuple[int, str, str]]]:
+    """(kept: row index, prompt text, answer), (bad: row index, reason, message) of every row."""
+    bad: list[tuple[int, str, str]] = []
+    kept: list[tuple[int, str, str | None]] = []
+    for i, row in enumerate(rows):
+        try:
+            kept.append((i, _prompt_text(row, prompt_field, prompt_template), _answer(row, answer_field)))
+        except _BadRow as e:
+            bad.append((i, e.reason, str(e)))
+    return kept, bad
 
 
 def _check_options(

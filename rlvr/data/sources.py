@@ -67,9 +67,21 @@ def _search_dirs(base_dir: str | Path | None) -> str:
     return os.getcwd() + (f" and {base_dir}" if base_dir is not None else "")
 
 
+def _not_utf8(name: str, line: int, offset: int, e: UnicodeDecodeError) -> DataError:
+    """Where the first byte that is not UTF-8 sits, and what to do about it."""
+    bad = e.object[e.start:e.start + 1].hex()
+    return DataError(f"{name} line {line}: not UTF-8 (byte 0x{bad} at byte offset {offset} of the file); "
+                     "re-encode it as UTF-8 (for Latin-1 text: iconv -f latin1 -t utf-8)")
+
+
 def _read_json(file: Path, name: str) -> list[Row]:
+    raw = file.read_bytes()
     try:
-        data = json.loads(file.read_text(encoding="utf-8"))
+        text = raw.decode("utf-8-sig")  # a leading byte-order mark is not an error
+    except UnicodeDecodeError as e:
+        raise _not_utf8(name, raw.count(b"\n", 0, e.start) + 1, e.start, e) from None
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as e:
         hint = "; one object per line belongs in a .jsonl file" if e.msg == "Extra data" else ""
         raise DataError(f"{name} line {e.lineno}: invalid JSON ({e.msg}{hint})") from None
@@ -85,8 +97,14 @@ def _read_json(file: Path, name: str) -> list[Row]:
 
 def _read_jsonl(file: Path, name: str) -> list[Row]:
     rows = []
-    with file.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    offset = 0  # of the current line's first byte, for the message on a line that is not UTF-8
+    with file.open("rb") as f:
+        for lineno, data in enumerate(f, start=1):
+            try:
+                line = data.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise _not_utf8(name, lineno, offset + e.start, e) from None
+            offset += len(data)
             if not line.strip():
                 continue
             try:
@@ -120,10 +138,13 @@ def _load_synthetic(task: str, split: str | None, args: dict[str, Any]) -> tuple
     """Rows of a synthetic task; `split` and `synthetic_args["split"]` must agree when both are set."""
     if split is not None and args.setdefault("split", split) != split:
         raise DataError(f"synthetic:{task}: split={split!r} but synthetic_args has split={args['split']!r}")
-    try:
-        rows = synthetic.generate(task, **args)
-    except TypeError as e:  # an unknown keyword argument
-        raise DataError(f"synthetic:{task}: bad synthetic_args ({e})") from None
+    problems = synthetic.arg_problems(task, args)
+    if problems:
+        if problems[0][0] == "":  # the task itself is unknown
+            raise DataError(f"synthetic:{task}: {problems[0][1]}")
+        said = "; ".join(f"{arg}: {msg}" for arg, msg in problems)
+        raise DataError(f"synthetic:{task}: bad synthetic_args ({said})")
+    rows = synthetic.generate(task, **synthetic.coerce_args(args))
     return f"synthetic:{task}:{args.get('split', 'train')}", rows
 
 

@@ -22,7 +22,9 @@ split on which always answering "2" scored 0.21; ranked per class it has 2 promp
 
 from __future__ import annotations
 
+import difflib
 import hashlib
+import inspect
 import itertools
 import random
 from collections import defaultdict
@@ -119,17 +121,69 @@ def _draw(pool: list[tuple[int, ...]], n: int, rng: random.Random) -> list[tuple
 
 
 def _check_args(task: str, split: str, num_rows: int, max_operand: int, test_fraction: float) -> Task:
+    problems = _value_problems(split, num_rows, max_operand, test_fraction)
     if task not in TASKS:
         raise DataError(f"synthetic:{task}: unknown task (known: {', '.join(sorted(TASKS))})")
+    if problems:
+        raise DataError(f"synthetic:{task}: " + "; ".join(f"{arg} {msg}" for arg, msg in problems))
+    return TASKS[task]
+
+
+def _value_problems(split: Any, num_rows: Any, max_operand: Any, test_fraction: Any) -> list[tuple[str, str]]:
+    """(argument, what is wrong) for values `generate` cannot use."""
     problems = []
     if split not in ("train", "test"):
-        problems.append(f"split must be 'train' or 'test', got {split!r}")
+        problems.append(("split", f"must be 'train' or 'test', got {split!r}"))
     if num_rows < 1:
-        problems.append(f"num_rows must be at least 1, got {num_rows}")
+        problems.append(("num_rows", f"must be at least 1, got {num_rows}"))
     if max_operand < 0:
-        problems.append(f"max_operand must be at least 0, got {max_operand}")
+        problems.append(("max_operand", f"must be at least 0, got {max_operand}"))
     if not 0.0 < test_fraction < 1.0:
-        problems.append(f"test_fraction must be in (0, 1), got {test_fraction}")
-    if problems:
-        raise DataError(f"synthetic:{task}: " + "; ".join(problems))
-    return TASKS[task]
+        problems.append(("test_fraction", f"must be in (0, 1), got {test_fraction}"))
+    return problems
+
+
+def arg_problems(task: str, args: dict[str, Any]) -> list[tuple[str, str]]:
+    """Why `generate(task, **args)` would fail, as (argument or "", message) pairs; [] when it runs.
+
+    Cheap (no rows are generated), so a recipe is checked before anything loads:
+
+        >>> arg_problems("mod_sum", {"nm_rows": 5, "test_fraction": 2})
+        [('nm_rows', "unknown argument (did you mean 'num_rows'?); accepted: split, num_rows, ..."),
+         ('test_fraction', 'must be in (0, 1), got 2.0')]
+    """
+    if task not in TASKS:
+        hint = difflib.get_close_matches(task, list(TASKS), n=1)
+        return [("", f"unknown task (known: {', '.join(sorted(TASKS))}"
+                 + (f"; did you mean {hint[0]!r}?)" if hint else ")"))]
+    accepted = [n for n in inspect.signature(generate).parameters if n != "task"]
+    problems, values = [], {}
+    for name, value in args.items():
+        if name not in accepted:
+            hint = difflib.get_close_matches(name, accepted, n=1)
+            problems.append((name, "unknown argument" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                             + f"; accepted: {', '.join(accepted)}"))
+            continue
+        try:
+            values[name] = coerce_args({name: value})[name]
+        except ValueError:
+            problems.append((name, f"expected {_KINDS[_ANNOTATIONS[name]]}, got {value!r}"))
+    v = {**_DEFAULTS, **values}
+    return problems + _value_problems(v["split"], v["num_rows"], v["max_operand"], v["test_fraction"])
+
+
+def coerce_args(args: dict[str, Any]) -> dict[str, Any]:
+    """`args` converted to `generate`'s parameter types (an override `test_fraction=1e-1` reads as
+    the string "1e-1" in YAML 1.1); raises pydantic's ValidationError (a ValueError) on a bad value."""
+    from pydantic import TypeAdapter
+
+    return {k: TypeAdapter(_ANNOTATIONS[k]).validate_python(v) if k in _ANNOTATIONS else v
+            for k, v in args.items()}
+
+
+_ANNOTATIONS: dict[str, Any] = {"split": str, "num_rows": int, "seed": int, "max_operand": int,
+                                "test_fraction": float, "split_seed": int, "pad_width": int}
+_KINDS = {str: "a string", int: "an integer", float: "a number"}
+_DEFAULTS: dict[str, Any] = {
+    n: p.default for n, p in inspect.signature(generate).parameters.items() if n != "task"
+}
