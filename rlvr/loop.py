@@ -17,9 +17,9 @@ from rlvr import build
 from rlvr.advantage.filters import concat_scored, informative_groups, select_groups
 from rlvr.buffer import as_batch
 from rlvr.config import Config, to_yaml
+from rlvr.config.preflight import check_prompt_lengths
 from rlvr.eval import evaluate
 from rlvr.learner.checkpoint import load_checkpoint_state, resolve_resume, save_checkpoint, set_rng_state
-from rlvr.config.preflight import check_prompt_lengths
 from rlvr.learner.policy_loss import kl_in_reward
 from rlvr.metrics import MetricsLogger, tensor_stats
 from rlvr.registry import load_object
@@ -51,6 +51,10 @@ def train(cfg: Config, base_dir: Path | None = None) -> Path:
     acc.wait_for_everyone()
     policy_path = policy_path or build.model_dir(cfg, base_dir)
     tokenizer = build.load_tokenizer(ckpt / "model" if ckpt else policy_path)
+    # the data before the model: a bad row, or a prompt longer than the model's context, fails in seconds
+    train_prompts, data_stats = build.load_prompt_set(cfg, cfg.data.train, tokenizer, base_dir)
+    eval_prompts = build.load_prompt_set(cfg, cfg.data.eval, tokenizer, base_dir)[0] if cfg.data.eval else []
+    check_prompt_lengths(cfg, ckpt / "model" if ckpt else policy_path, train_prompts, eval_prompts)
     model = build.load_model(ckpt / "model" if ckpt else policy_path, cfg)
     ref_model = None
     if cfg.loss.kl.coef > 0:
@@ -84,10 +88,6 @@ def train(cfg: Config, base_dir: Path | None = None) -> Path:
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
         logger.write(f"rlvr: {cfg.run.name} | policy {policy_path} | {len(train_prompts)} train / "
                      f"{len(eval_prompts)} eval prompts | {'resuming at step ' + str(start) if ckpt else 'fresh start'}"
-    # the data before the model: a bad row, or a prompt longer than the model's context, fails in seconds
-    train_prompts, data_stats = build.load_prompt_set(cfg, cfg.data.train, tokenizer, base_dir)
-    eval_prompts = build.load_prompt_set(cfg, cfg.data.eval, tokenizer, base_dir)[0] if cfg.data.eval else []
-    check_prompt_lengths(cfg, ckpt / "model" if ckpt else policy_path, train_prompts, eval_prompts)
                      f" | {world} process(es) on {acc.device}")
         if data_stats["skipped"]:
             reasons = ", ".join(f"{k} {v}" for k, v in data_stats.items() if k not in ("rows", "skipped") and v)
