@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -74,6 +75,16 @@ def _report(e: Exception, argv: list[str]) -> int:
     return 1
 
 
+def _notes(cfg, base_dir: Path) -> None:
+    """Print what is not an error but changes what happens (once, by the first process)."""
+    from rlvr.config.preflight import notes
+
+    if os.environ.get("RANK", "0") != "0":
+        return
+    for line in notes(cfg, base_dir):
+        print(f"note: {line}", file=sys.stderr)
+
+
 def _run(args: argparse.Namespace) -> int:
     from rlvr.config import load_config, to_yaml
 
@@ -90,12 +101,14 @@ def _run(args: argparse.Namespace) -> int:
         if args.action == "show":
             print(to_yaml(cfg), end="")
         else:
+            _notes(cfg, base_dir)
             print(f"{args.recipe}: valid")
         return 0
     if args.command == "train":
         # the model folder and the data are checked here, before anything loads; the prompt length
         # against the model's context right after the tokenizer loads (inside train)
         cfg = load_config(args.recipe, args.overrides, check_inputs=True)
+        _notes(cfg, base_dir)
         from rlvr.loop import train
 
         train(cfg, base_dir)

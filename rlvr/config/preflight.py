@@ -99,6 +99,19 @@ def model_path_problems(key: str, path: str, base_dir: str | Path | None) -> lis
     return []  # a hub name: cached, or downloaded when training starts
 
 
+def notes(cfg: Config, base_dir: str | Path | None) -> list[str]:
+    """Things that are not errors but change what happens: a model name that is neither a local
+    folder nor in the hub cache will be downloaded (a typo of a local path shows up here)."""
+    out = []
+    for key, path in (("model.path", cfg.model.path), ("model.ref_path", cfg.model.ref_path)):
+        if path is None or (key == "model.path" and cfg.model.build_tiny is not None):
+            continue
+        if find_local(path, base_dir) is None and not looks_local(path, base_dir) and not _in_hub_cache(path):
+            out.append(f"{key}: {path!r} is not a local folder (looked in {_looked_in(base_dir)}) nor in the "
+                       "hub cache; training will download it from the hub")
+    return out
+
+
 def _resumable(cfg: Config) -> bool:
     """A checkpoint the run will resume from exists, so the policy comes from it, not model.path."""
     resume = cfg.run.resume

@@ -120,7 +120,12 @@ def test_missing_model_folder_is_an_error_unless_it_will_be_built_or_is_a_hub_na
     hub = recipe(tmp_path, model={"path": "some-org/some-model-not-cached", "build_tiny": None})
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-    load_config(hub, check_inputs=True)
+    cfg = load_config(hub, check_inputs=True)
+    from rlvr.config.preflight import notes
+
+    assert notes(cfg, tmp_path) == [  # said by `config validate` and `train`, as a note
+        f"model.path: 'some-org/some-model-not-cached' is not a local folder (looked in {Path.cwd()} and "
+        f"{tmp_path}) nor in the hub cache; training will download it from the hub"]
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     got = problems_of(hub)
     assert got and "nor in the hub cache, and HF_HUB_OFFLINE is set" in got[0], got
@@ -286,6 +291,10 @@ def test_plugin_that_calls_sys_exit_at_import_through_the_cli(tmp_path):
     assert proc.returncode == 2, shown(proc)
     lines = error_lines(proc)
     assert len(lines) == 2 and "exits.py" in lines[1] and "called sys.exit(" in lines[1], shown(proc)
+    # Ctrl-C is not swallowed by the plug-in loader: it reaches the top as one line, exit 130
+    (tmp_path / "exits.py").write_text("raise KeyboardInterrupt\n")
+    proc = rlvr("config", "validate", str(r), cwd=tmp_path)
+    assert proc.returncode == 130 and proc.stderr.splitlines() == ["error: interrupted"], shown(proc)
 
 
 def test_schema_errors_do_not_hide_plugin_problems(tmp_path):
