@@ -180,4 +180,5 @@ def make_learner(cfg: Config, model: torch.nn.Module, ref_model: torch.nn.Module
         temperature=cfg.rollout.temperature, max_new_tokens=cfg.rollout.max_new_tokens,
         kl_coef=cfg.loss.kl.coef, kl_estimator=cfg.loss.kl.estimator, kl_in_loss=cfg.loss.kl.where == "loss",
         pad_id=pad_id, seed=cfg.run.seed, rollout_correction=make_rollout_correction(cfg),
+        max_nonfinite_steps=lc.max_nonfinite_steps,
     )

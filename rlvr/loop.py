@@ -36,7 +36,7 @@ def train(cfg: Config, base_dir: Path | None = None) -> Path:
 
     acc = build.make_accelerator(cfg)
     run_dir = Path(cfg.run.output_dir)
-    ckpt = resolve_resume(cfg.run.resume, run_dir)
+    ckpt = resolve_resume(cfg.run.resume, run_dir, acc)  # checks it; a broken newest one is named and skipped
     if ckpt is None and cfg.run.resume == "never" and (run_dir / "checkpoints").is_dir():
         raise FileExistsError(f"run.output_dir: {run_dir} already holds checkpoints; use run.resume=auto "
                               "or another run.output_dir (nothing was overwritten)")

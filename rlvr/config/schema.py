@@ -196,6 +196,10 @@ class LearnerConfig(Section):
         "auto", description="how several processes share the policy: auto = what `accelerate launch "
         "--config_file` set up, else plain data parallel; ddp; fsdp2 (parameters, gradients and optimiser "
         "state sharded); zero2 (gradients and optimiser state sharded, DeepSpeed); zero3 (all three, DeepSpeed)")
+    max_nonfinite_steps: int = Field(
+        3, ge=1, description="an update whose loss or gradient norm is NaN/inf is skipped and counted; after this "
+        "many RL steps in a row with a skipped update the run stops with a message (no checkpoint of the suspect "
+        "weights is written)")
 
 
 class EvalConfig(Section):
@@ -222,6 +226,61 @@ class MetricsConfig(Section):
     plot: bool = True
 
 
+class AlarmConfig(Section):
+    """One alarm: it fires when its condition holds over the last `window` steps (see rlvr/alarms.py).
+    warn: one line when it starts firing, and alarm/<name> = 1 in the metrics while it does; stop:
+    checkpoint and exit non-zero with a message; off: not watched."""
+
+    window: int = Field(10, ge=1, description="steps the condition must hold over")
+    threshold: float = Field(0.0, description="the alarm's limit (its meaning depends on the alarm)")
+    action: Literal["warn", "stop", "off"] = "warn"
+
+    @field_validator("action", mode="before")
+    @classmethod
+    def _yaml_off(cls, v: Any) -> Any:
+        return "off" if v is False else v  # YAML reads a bare `off` as false
+
+
+class ZeroRewardAlarm(AlarmConfig):
+    window: int = Field(50, ge=1, description="steps in which every reward must be zero")
+    threshold: float = Field(0.0, ge=0.0, description="rewards this small in size count as zero")
+    action: Literal["warn", "stop", "off"] = "stop"
+
+
+class RewardFailuresAlarm(AlarmConfig):
+    window: int = Field(10, ge=1, description="steps over which the failure share is measured")
+    threshold: float = Field(1.0, gt=0.0, le=1.0, description="share of samples whose reward failed or timed out")
+    action: Literal["warn", "stop", "off"] = "stop"
+
+
+class NonfiniteAdvantagesAlarm(AlarmConfig):
+    window: int = Field(10, ge=1, description="steps over which advantage/nonfinite_frac is averaged")
+    threshold: float = Field(1.0, gt=0.0, le=1.0, description="share of advantages that were NaN/inf")
+    action: Literal["warn", "stop", "off"] = "stop"
+
+
+class PolicyCollapseAlarm(AlarmConfig):
+    window: int = Field(50, ge=2, description="steps over which entropy is averaged and reward compared half to half")
+    threshold: float = Field(0.01, ge=0.0, description="mean token entropy (nats) below which the policy has collapsed")
+    action: Literal["warn", "stop", "off"] = "warn"
+
+
+class MismatchAlarm(AlarmConfig):
+    window: int = Field(20, ge=1, description="steps learner/mismatch_k3 must stay above the threshold")
+    threshold: float = Field(0.01, ge=0.0, description="k3 estimate of KL(engine || learner) per token, nats")
+    action: Literal["warn", "stop", "off"] = "warn"
+
+
+class AlarmsConfig(Section):
+    """Alarms for runs that go wrong without crashing; README "Alarms" says what each means."""
+
+    zero_reward: ZeroRewardAlarm = Field(default_factory=ZeroRewardAlarm)
+    reward_failures: RewardFailuresAlarm = Field(default_factory=RewardFailuresAlarm)
+    nonfinite_advantages: NonfiniteAdvantagesAlarm = Field(default_factory=NonfiniteAdvantagesAlarm)
+    policy_collapse: PolicyCollapseAlarm = Field(default_factory=PolicyCollapseAlarm)
+    mismatch: MismatchAlarm = Field(default_factory=MismatchAlarm)
+
+
 class Config(Section):
     run: RunConfig = Field(default_factory=RunConfig)
     model: ModelConfig
@@ -235,3 +294,4 @@ class Config(Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    alarms: AlarmsConfig = Field(default_factory=AlarmsConfig)

@@ -10,13 +10,20 @@ the full parameters; under FSDP2 and ZeRO-3 they are sharded, so every forward p
 collective and all processes must run the same number of them (`_equalise`). DeepSpeed owns the
 optimiser step and the clipping (engine.step at the accumulation boundary); under the other
 strategies the learner clips and steps itself.
+
+Non-finite updates: before an optimiser step the learner checks the mini-batch's loss (summed over
+processes) and the gradient norm; if either is NaN or inf on any process, every process drops the
+gradients and skips that step (`NonFiniteGuard` counts it; the loop stops the run after
+`learner.max_nonfinite_steps` RL steps in a row with a skipped update).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +55,94 @@ def lr_lambda(warmup: int, total: int, schedule: str, min_ratio: float) -> Calla
     return f
 
 
+def nonfinite_part(loss: float, grad_norm: float | None, loss_scaled: bool = False) -> str | None:
+    """What went non-finite in one mini-batch: "loss", "gradient norm", "loss and gradient norm",
+    or None when the update is safe to apply.
+
+    A norm of None (DeepSpeed with the norm turned off) is not evidence either way. Under fp16
+    loss scaling an overflowing gradient with a finite loss is routine (the scaler skips that step
+    and lowers the scale), so only the loss counts there.
+    Example: nonfinite_part(nan, inf) -> "loss and gradient norm"; nonfinite_part(0.3, 1.2) -> None.
+    """
+    bad_loss = not math.isfinite(loss)
+    bad_norm = grad_norm is not None and not math.isfinite(grad_norm) and not loss_scaled
+    if bad_loss and bad_norm:
+        return "loss and gradient norm"
+    return "loss" if bad_loss else "gradient norm" if bad_norm else None
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.4g}"
+
+
+@dataclass
+class NonFiniteGuard:
+    """Counts optimiser steps skipped because the loss or the gradient norm was NaN/inf, and says
+    when the run should stop: after `max_steps` RL steps IN A ROW that each skipped at least one
+    update. Consecutive rather than total, so that a rare bad batch in a long run costs one update
+    while a run whose every step is broken (weights already garbage, a loss that always overflows)
+    stops within a few steps. Checkpointed with the learner, so a resumed run keeps its count.
+    """
+
+    max_steps: int = 3
+    total: int = 0                  # updates skipped since the run began (logged as learner/nonfinite_total)
+    streak: int = 0                 # RL steps in a row with a skipped update
+    first_step: int | None = None   # first step of the current streak
+    what: str = ""                  # what went non-finite in the last skipped update
+    values: str = ""                # "loss=nan, grad_norm=inf" of the last skipped update
+    step: int = 0                   # the RL step last closed, and its skipped / attempted updates
+    skipped: int = 0
+    updates: int = 0
+
+    def record(self, part: str | None, loss: float, grad_norm: float | None) -> None:
+        """One optimiser step's verdict (`nonfinite_part`), taken alike on every process."""
+        self.updates += 1
+        if part is not None:
+            self.skipped += 1
+            self.total += 1
+            self.what, self.values = part, f"loss={_fmt(loss)}, grad_norm={_fmt(grad_norm)}"
+
+    def end_step(self, step: int) -> dict[str, float]:
+        """Close RL step `step` (its updates were `record`ed): update the streak, return its metrics."""
+        if self.skipped:
+            self.first_step = step if self.streak == 0 else self.first_step
+            self.streak += 1
+        else:
+            self.streak, self.first_step = 0, None
+        self.step = step
+        return {"learner/nonfinite_skipped": float(self.skipped), "learner/nonfinite_total": float(self.total)}
+
+    def begin_step(self) -> None:
+        self.skipped = self.updates = 0
+
+    def warning(self) -> str | None:
+        """One line about the step just closed if it skipped an update, else None."""
+        if not self.skipped:
+            return None
+        return (f"learner: step {self.step}: skipped {self.skipped} of {self.updates} update(s), non-finite "
+                f"{self.what} ({self.values}); {self.streak} step(s) in a row, the run stops at {self.max_steps} "
+                "(learner.max_nonfinite_steps)")
+
+    @property
+    def should_stop(self) -> bool:
+        return self.streak >= self.max_steps
+
+    def stop_message(self) -> str:
+        """Why the run stops (the loop adds where the last checkpoint is)."""
+        span = f"steps {self.first_step}-{self.step}" if self.first_step != self.step else f"step {self.step}"
+        return (f"learner: {self.streak} step(s) in a row had a non-finite {self.what} ({span}; last at step "
+                f"{self.step}: {self.values}); their updates were skipped and the run stopped "
+                f"(learner.max_nonfinite_steps={self.max_steps})")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"total": self.total, "streak": self.streak, "first_step": self.first_step, "what": self.what,
+                "values": self.values}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.total, self.streak = int(state.get("total", 0)), int(state.get("streak", 0))
+        self.first_step, self.what, self.values = state.get("first_step"), state.get("what", ""), state.get("values", "")
+
+
 class Learner:
     def __init__(
         self,
@@ -76,6 +171,7 @@ class Learner:
         pad_id: int,
         seed: int,
         rollout_correction: Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]] | None = None,
+        max_nonfinite_steps: int = 3,
     ):
         self.acc = accelerator
         self.rollout_correction = rollout_correction  # importance weights engine -> learner, or None
@@ -90,6 +186,7 @@ class Learner:
         self.kl_coef, self.kl_estimator, self.kl_in_loss = kl_coef, kl_estimator, kl_in_loss
         self.pad_id = pad_id
         self.generator = torch.Generator().manual_seed(seed)
+        self.guard = NonFiniteGuard(max_nonfinite_steps)
         self.strategy = strategy_of(accelerator)
         optimizer = torch.optim.AdamW(
             [p for p in model.parameters() if p.requires_grad], lr=lr, betas=betas, weight_decay=weight_decay
@@ -202,8 +299,10 @@ class Learner:
             t = p.detach()
             yield name, t.full_tensor() if isinstance(t, DTensor) else t
 
-    def step(self, batch: AdvantageBatch) -> dict[str, float]:
+    def step(self, batch: AdvantageBatch, step: int = 0) -> dict[str, float]:
+        """One RL step's update; `step` only labels the non-finite bookkeeping (`self.guard`)."""
         self.model.train()
+        self.guard.begin_step()
         sums: dict[str, float] = {}
         grad_norms = []
         n = len(batch.scored.rollouts)
@@ -213,6 +312,7 @@ class Learner:
                 norm = self._norm(batch, rows)
                 mbs = self._equalise(pack(batch, rows, norm, self.budget, self.pad_id))
                 self.optimizer.zero_grad(set_to_none=True)
+                mini_loss = 0.0
                 for i, (mb, scale) in enumerate(mbs):
                     last = i == len(mbs) - 1
                     with self._accumulating(last):
@@ -220,14 +320,16 @@ class Learner:
                         # every strategy averages gradients over processes; the normalisers already span them
                         self._backward(loss * scale * self.acc.num_processes, last)
                     if scale:
+                        mini_loss += stats["loss"]
                         for k, v in stats.items():
                             sums[k] = sums.get(k, 0.0) + v
-                grad_norms.append(self._clip_and_step())
+                grad_norms.append(self._clip_and_step(mini_loss))
                 updates += 1
         totals = dict(zip(sums, self._global_sum(list(sums.values()))))
         metrics = {f"learner/{k}": v / updates for k, v in totals.items()}
         metrics["learner/grad_norm"] = sum(grad_norms) / len(grad_norms)
         metrics["learner/lr"] = self.scheduler.get_last_lr()[0]
+        metrics.update(self.guard.end_step(step))
         return metrics
 
     def _micro_loss(self, mb: MicroBatch) -> tuple[torch.Tensor, dict[str, float]]:
@@ -273,18 +375,61 @@ class Learner:
         self.engine.set_gradient_accumulation_boundary(last)
         self.engine.backward(loss)
 
-    def _clip_and_step(self) -> float:
-        """Clip to max_grad_norm, apply AdamW, advance the schedule; returns the norm before clipping."""
+    def _clip_and_step(self, local_loss: float) -> float:
+        """Clip to max_grad_norm and apply AdamW, unless the mini-batch's loss (`local_loss`, this
+        process's part) or the gradient norm is non-finite on any process: then every process drops
+        the gradients instead (recorded in `self.guard`). Returns the norm before clipping.
+
+        The LR schedule advances either way: it is a function of training progress (RL steps,
+        counted against run.steps), so a skipped update does not shift warm-up or the cosine's end,
+        and every strategy (including DeepSpeed, whose own scheduler would pause) keeps one rule.
+        """
         if self.engine is not None:
-            self.engine.step()  # clips to gradient_clipping (= max_grad_norm), steps, zeroes gradients
-            norm = self.engine.get_global_grad_norm()  # None if the DeepSpeed json turned the norm off
-            norm = math.nan if norm is None else norm
+            norm, part, loss = self._deepspeed_step(local_loss)
         else:
             limit = self.max_grad_norm if self.max_grad_norm is not None else float("inf")
-            norm = self.acc.clip_grad_norm_(self.model.parameters(), limit)
-            self.optimizer.step()
-        self.scheduler.step()
-        return float(norm)
+            norm = float(self.acc.clip_grad_norm_(self.model.parameters(), limit))
+            # one small all-reduce: the loss summed over processes, and whether any process saw a bad norm
+            # (under DDP and FSDP2 the norm is already global; the flag makes the decision collective anyway)
+            loss, bad_norms = self._global_sum([local_loss, float(not math.isfinite(norm))])
+            scaled = self.acc.scaler is not None
+            part = nonfinite_part(loss, math.inf if bad_norms else norm, loss_scaled=scaled)
+            if part is None or scaled:
+                # under fp16 loss scaling the scaler must see every step (it skips overflowing ones and
+                # lowers its scale; a NaN loss gives NaN gradients, which it skips too)
+                self.optimizer.step()
+            else:
+                self.optimizer.zero_grad(set_to_none=True)
+        self.guard.record(part, loss, norm)
+        with warnings.catch_warnings():
+            # torch warns when the first scheduler step comes before any optimiser step (a skipped first update)
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
+            self.scheduler.step()
+        return norm
+
+    def _deepspeed_step(self, local_loss: float) -> tuple[float, str | None, float]:
+        """engine.step() under ZeRO, which cannot be told to skip: DeepSpeed skips the update itself when
+        the gradient norm is NaN/inf (its overflow check: fp16 and fp32, ZeRO-3, and bf16 under ZeRO-2
+        with `bf16.check_grad_overflow`, on by default in recent DeepSpeed) and zeroes the gradients
+        either way; a non-finite loss gives non-finite gradients, so it is skipped too. Afterwards
+        `was_step_applied()` says what happened. Should a DeepSpeed build apply such an update anyway,
+        the weights may already be NaN: the run stops at once rather than train on or save them."""
+        from rlvr.errors import RunStopped
+
+        (loss,) = self._global_sum([local_loss])
+        self.engine.step()  # clips to gradient_clipping (= max_grad_norm), steps, zeroes gradients
+        norm = self.engine.get_global_grad_norm()  # None if the DeepSpeed json turned the norm off
+        norm = None if norm is None else float(norm)
+        part = nonfinite_part(loss, norm, loss_scaled=self.engine.fp16_enabled())
+        if part is not None and self.engine.was_step_applied():
+            raise RunStopped(
+                f"learner: DeepSpeed applied an update whose {part} was non-finite (loss={loss:.4g}, grad_norm="
+                f"{norm}); this DeepSpeed build does not skip such steps, so the weights may be NaN and nothing "
+                "more is saved. Set \"bf16\": {\"check_grad_overflow\": true} in the DeepSpeed json or upgrade "
+                "DeepSpeed, then resume from the last checkpoint.")
+        if part is None and not self.engine.was_step_applied() and not self.engine.fp16_enabled():
+            part = "gradient norm"  # DeepSpeed found an overflow the reported norm does not show
+        return (math.nan if norm is None else norm), part, loss
 
     @property
     def _optimizer_sharded(self) -> bool:
@@ -295,7 +440,7 @@ class Learner:
         """Schedule, generator and, when every process holds all of it, the optimiser state; a sharded
         optimiser state is written by `save_shards` instead (one part per process)."""
         state = {"scheduler": self.scheduler.state_dict(), "generator": self.generator.get_state(),
-                 "strategy": self.strategy, "processes": self.acc.num_processes}
+                 "strategy": self.strategy, "processes": self.acc.num_processes, "nonfinite": self.guard.state_dict()}
         if not self._optimizer_sharded:
             state["optimizer"] = self.optimizer.state_dict()
         return state
@@ -313,6 +458,7 @@ class Learner:
             self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.generator.set_state(state["generator"])
+        self.guard.load_state_dict(state.get("nonfinite", {}))  # absent in checkpoints from before the guard
 
     def save_shards(self, folder: Path) -> None:
         """Collective: every process writes its part of a sharded optimiser state into `folder`.
@@ -328,13 +474,22 @@ class Learner:
                        folder / f"optimizer_rank{self.acc.process_index}.pt")
 
     def load_shards(self, folder: Path) -> None:
-        """Collective: the counterpart of `save_shards` (after `load_state_dict` checked compatibility)."""
+        """Collective: the counterpart of `save_shards` (after `load_state_dict` checked compatibility).
+
+        Our shard files load with weights_only=True; DeepSpeed loads its own files with the full
+        unpickler, so their pickles are scanned first and refused if they would run code."""
+        from rlvr.errors import CheckpointError
+        from rlvr.learner.checkpoint import load_plain, pickle_problem
+
         if self.engine is not None:
+            for file in sorted((folder / "deepspeed").rglob("*.pt")):
+                if problem := pickle_problem(file, file.relative_to(folder).as_posix()):
+                    raise CheckpointError(f"checkpoint {folder.name}: {problem}")
             path, _ = self.engine.load_checkpoint(str(folder / "deepspeed"), tag="optimizer",
                                                   load_optimizer_states=True, load_lr_scheduler_states=False)
             if path is None:
-                raise FileNotFoundError(f"run.resume: no DeepSpeed optimiser state in {folder / 'deepspeed'}")
+                raise CheckpointError(f"run.resume: no DeepSpeed optimiser state in {folder / 'deepspeed'}")
         elif self.strategy == "fsdp2":
-            local = torch.load(folder / f"optimizer_rank{self.acc.process_index}.pt", weights_only=False)
+            local = load_plain(folder / f"optimizer_rank{self.acc.process_index}.pt")
             params = [p for group in self.optimizer.param_groups for p in group["params"]]
             self.optimizer.load_state_dict(sharded_optimizer_state(local, params))

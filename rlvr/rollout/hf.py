@@ -120,6 +120,10 @@ class HFEngine:
             return_dict_in_generate=True,
             use_cache=True,
             synced_gpus=self.synced,
+            # broken weights (NaN/inf logits) must not crash sampling with a raw torch error: the tokens are
+            # then drawn from cleaned scores, their log-probs stay NaN, and the learner's non-finite guard
+            # skips the update and stops the run (learner.max_nonfinite_steps). No effect on finite logits.
+            remove_invalid_values=True,
         )
         if not params.greedy:
             kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k or None)
