@@ -93,6 +93,7 @@ def make_reward_runner(cfg: Config, base_dir: Path | None) -> RewardRunner:
     return RewardRunner(
         reward_specs(cfg), timeout_s=r.timeout_s, on_failure=r.on_failure, workers=r.workers,
         accuracy=r.accuracy, correct_threshold=r.correct_threshold, base_dir=str(base_dir) if base_dir else None,
+        max_tasks_per_worker=r.max_tasks_per_worker, max_worker_memory_mb=r.max_worker_memory_mb,
     )
 
 

@@ -135,16 +135,29 @@ class RewardFunctionConfig(Section):
     name: str
     weight: float = 1.0
     kwargs: dict[str, Any] = Field(default_factory=dict)
-    batched: bool = False
+    batched: bool = Field(False, description="user code scores a list of samples per call; in worker "
+                          "processes it gets the step's samples in reward.workers calls")
     label: str | None = None
-    isolate: bool | None = None
+    isolate: bool | None = Field(
+        None, description="run in worker processes, where a reward that exits, crashes, hangs in C code or leaks "
+        "costs only its sample; null: yes for user code ('file.py:fn', 'module:fn') and `math`, no for the other "
+        "built-ins. false runs user code inside the trainer: faster to call, but your code can kill the run")
 
 
 class RewardConfig(Section):
     functions: list[RewardFunctionConfig] = Field(..., min_length=1)
-    timeout_s: float = Field(10.0, gt=0.0)
-    on_failure: Literal["zero", "abort"] = "zero"
-    workers: int = Field(1, ge=1)
+    timeout_s: float = Field(10.0, gt=0.0, description="per sample (per call for batched rewards); a sample over "
+                             "it scores 0 and counts in reward/<label>/timeouts")
+    on_failure: Literal["zero", "abort"] = Field(
+        "zero", description="zero: a sample whose reward raises, times out, exits or crashes scores 0 and is "
+        "counted; abort: stop the run at the first such sample, naming the reward, the sample and the cause")
+    workers: int = Field(1, ge=1, description="worker processes for the isolated rewards")
+    max_tasks_per_worker: int | None = Field(
+        None, ge=1, description="a reward worker is replaced by a fresh one after scoring this many samples "
+        "(null: never); for rewards that slowly leak resources other than memory")
+    max_worker_memory_mb: float | None = Field(
+        4096.0, gt=0.0, description="a reward worker whose resident memory passes this many MB after a sample is "
+        "replaced by a fresh one, with a warning naming the reward (null: no ceiling)")
     accuracy: str | None = Field(None, description="label of the reward that defines accuracy; default the first")
     correct_threshold: float = 1.0
 

@@ -6,7 +6,12 @@ paths time, check and report a sample the same way. Nothing here imports torch.
 Per-sample deadlines use SIGALRM (`signal.setitimer`), which only the main thread of a process
 can receive. Off the main thread calls run without a deadline; the worker pool has its own
 wall-clock backstop on top (isolation.py). A reward that sets SIGALRM itself (math-verify with its
-own timeouts on) replaces the runner's deadline while it runs.
+own timeouts on) replaces the runner's deadline while it runs. The alarm only takes effect when
+control returns to Python: a call stuck in C code (a long hash, a blocked signal) overruns it, and
+the reported time is the measured one, never the configured limit.
+
+A reward that calls `sys.exit` fails its sample like any other exception; `os._exit` and crashes
+in C end the process, which only the worker pool survives.
 """
 
 from __future__ import annotations
@@ -16,11 +21,14 @@ import numbers
 import reprlib
 import signal
 import threading
+import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence, Sized
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
+
+from rlvr.errors import RlvrError
 
 OK, FAILED, TIMED_OUT = "ok", "failed", "timeout"
 
@@ -28,8 +36,12 @@ OK, FAILED, TIMED_OUT = "ok", "failed", "timeout"
 SampleResult = tuple[int, float, str, str, dict[str, float] | None]
 
 
-class RewardError(RuntimeError):
-    """A reward failed with on_failure="abort", or the reward workers could not start."""
+class RewardError(RlvrError, RuntimeError):
+    """A reward failed with on_failure="abort", or the reward workers could not start.
+
+    A user-facing error (the CLI prints its message and exits 1); still a RuntimeError for code
+    that caught it as one.
+    """
 
 
 @dataclass(frozen=True)
@@ -49,6 +61,7 @@ class Outcome:
     failures: dict[int, str] = field(default_factory=dict)  # sample index -> cause
     timeouts: dict[int, str] = field(default_factory=dict)  # sample index -> cause
     extras: dict[str, list[float]] = field(default_factory=dict)  # metric -> [sum, count]
+    first_lost: tuple[int, str] | None = None  # the first failure or timeout recorded: (sample, cause)
 
     @classmethod
     def zeros(cls, n: int) -> Outcome:
@@ -61,6 +74,8 @@ class Outcome:
             self.failures[index] = cause
         else:
             self.timeouts[index] = cause
+        if status != OK and self.first_lost is None:
+            self.first_lost = (index, cause)
         if extras:
             for key, x in extras.items():
                 acc = self.extras.setdefault(key, [0.0, 0.0])
@@ -112,7 +127,15 @@ def _describe(e: BaseException) -> str:
     """Exception text plus where it was raised, so an aborted run points at the reward's line."""
     frames = traceback.extract_tb(e.__traceback__)
     where = f" (at {frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name})" if frames else ""
+    if isinstance(e, SystemExit):
+        return f"the reward called sys.exit({e.code!r}){where}"
     return f"{type(e).__name__}: {e}{where}"
+
+
+def timeout_cause(elapsed_s: float, timeout_s: float) -> str:
+    """The cause of a timed-out sample, with the time it really took (a call stuck in C code
+    overruns the limit until it returns or its worker is killed)."""
+    return f"timed out after {elapsed_s:.2f}s (limit {timeout_s:g}s)"
 
 
 def _finite(x: Any) -> float | None:
@@ -169,11 +192,12 @@ def evaluate(fn: Callable[..., Any], job: Job, offset: int, prompts: Sequence[st
                 emit(*result)
             return
         for i, args in enumerate(zip(prompts, completions, rows), start=offset):
+            start = time.perf_counter()
             try:
                 value = _call(fn, args, job.kwargs, limit)
             except _Deadline:
-                emit(i, 0.0, TIMED_OUT, f"timed out after {timeout_s:g}s", None)
-            except Exception as e:
+                emit(i, 0.0, TIMED_OUT, timeout_cause(time.perf_counter() - start, timeout_s), None)
+            except (Exception, SystemExit) as e:  # sys.exit in a reward is a bug of that sample, not a stop
                 emit(i, 0.0, FAILED, _describe(e), None)
             else:
                 emit(*_checked(i, value))
@@ -184,11 +208,13 @@ def _batch(fn: Callable[..., Any], kwargs: dict[str, Any], offset: int, prompts:
            timeout_s: float) -> list[SampleResult]:
     """One call of a batched function, as per-sample results."""
     indices = range(offset, offset + len(completions))
+    start = time.perf_counter()
     try:
         values = _call(fn, (list(prompts), list(completions), list(rows)), kwargs, limit)
     except _Deadline:
-        return [(i, 0.0, TIMED_OUT, f"timed out after {timeout_s:g}s", None) for i in indices]
-    except Exception as e:
+        cause = timeout_cause(time.perf_counter() - start, timeout_s)
+        return [(i, 0.0, TIMED_OUT, cause, None) for i in indices]
+    except (Exception, SystemExit) as e:
         cause = _describe(e)
         return [(i, 0.0, FAILED, cause, None) for i in indices]
     if not isinstance(values, Sized) or len(values) != len(indices):

@@ -1,30 +1,45 @@
 """A persistent pool of worker processes for rewards that must not share the trainer's process.
 
-Why processes: math-verify times itself with signal.alarm (main thread only), a sympy
-simplification or a user's regex can hang inside C code where no signal reaches it, and user
-code can crash. A worker can be killed; a thread cannot.
+Why processes: user code can call `os._exit`, crash in C (a segfault), hang inside C code where
+no signal reaches it, or leak memory; math-verify can spend seconds in sympy. A worker can be
+killed and replaced; the trainer's own process cannot.
 
 How a step runs: each isolated reward's samples are cut into contiguous chunks (about four per
-worker, so the load balances and a killed worker loses little), chunks go to idle workers, and a
-worker reports every sample as it finishes it. A worker silent for timeout_s + _GRACE_S is
-killed: the sample it was on and the rest of its chunk count as timeouts, a fresh process takes
-its place, and the step goes on. The worker's own per-sample timer (call.py) normally fires
-first, so a kill only happens for hangs that signals cannot interrupt.
+worker for per-sample rewards, one per worker for batched ones), chunks go to idle workers, and
+a worker reports every sample as it finishes it, so the parent always knows which sample a
+worker is on. When something goes wrong, only that sample is lost:
+
+- the worker dies (os._exit, segfault, killed by the OS): that sample fails with the cause (exit
+  code or signal, and for a crash the reward's line, from faulthandler), the rest of the chunk
+  goes back to the front of the queue, and a fresh worker is started in the background;
+- the worker is silent for timeout_s + _GRACE_S: it is stuck where its own per-sample timer
+  (call.py) cannot reach, so it is killed; that sample times out with the measured time and the
+  rest of the chunk is re-queued;
+- the worker passes its memory ceiling or its task count (`Limits`): it finishes the sample,
+  says so, and exits; the rest of its chunk is re-queued and the runner warns.
 
 Start method: forkserver (spawn where it is missing). Forking the trainer itself would copy its
 threads' locks (CUDA, NCCL, tokenizers, vLLM) mid-use; the fork server is a fresh single-threaded
-process that imports `__main__` and this module once, after which each worker is a cheap fork of
-it (tens of ms), also when a killed worker is replaced. The same start-up rule as for any
-spawn-based multiprocessing applies: a training script needs an `if __name__ == "__main__":` guard.
+process that imports this module once (and with it the rlvr.reward package, torch included: that
+is why the package import stays eager), after which each worker is a cheap fork of it (tens of
+ms), also when a crashed or recycled worker is replaced. The same start-up rule as for any
+spawn-based multiprocessing applies: a training script needs an `if __name__ == "__main__":` guard,
+and each worker re-runs the script's top-level imports (the fork server of CPython 3.11 does not preload
+`__main__`), so `rlvr train` / `python -m rlvr train` start workers faster than a script does.
 """
 
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import math
 import multiprocessing
+import os
+import re
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -35,24 +50,99 @@ from typing import Any
 
 import rlvr.reward.builtins  # noqa: F401  (registers the built-ins that workers resolve by name)
 from rlvr.registry import REWARD
-from rlvr.reward.call import FAILED, TIMED_OUT, Job, Outcome, RewardError, evaluate
+from rlvr.reward.call import FAILED, TIMED_OUT, Job, Outcome, RewardError, evaluate, timeout_cause
 
 _GRACE_S = 1.0  # past timeout_s, before the parent kills a silent worker
 _START_TIMEOUT_S = 120.0  # the first start imports __main__ in the fork server
 _CHUNKS_PER_WORKER = 4
+_PAGE_MB = (os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096) / 2**20
 
 
-def _worker_main(conn: Connection, jobs: list[Job], base_dir: str | Path | None, timeout_s: float) -> None:
+_statm: tuple[int, int] | None = None  # (pid, fd of /proc/self/statm), opened once per process
+
+
+def rss_mb() -> float | None:
+    """This process's resident memory in MiB, or None where it cannot be read.
+
+    Linux: /proc/self/statm through a descriptor kept open (about 2 microseconds a read, cheap
+    enough after every sample); elsewhere psutil when it is installed.
+    """
+    global _statm
+    try:
+        if _statm is None or _statm[0] != os.getpid():  # /proc/self means the opener: reopen after a fork
+            _statm = (os.getpid(), os.open("/proc/self/statm", os.O_RDONLY))
+        return int(os.pread(_statm[1], 128, 0).split()[1]) * _PAGE_MB
+    except (OSError, IndexError, ValueError):
+        pass
+    try:
+        import psutil
+    except ImportError:
+        return None
+    return psutil.Process().memory_info().rss / 2**20
+
+
+@dataclass(frozen=True)
+class Limits:
+    """When a worker retires itself (between samples) so that a fresh one takes over."""
+
+    max_tasks: int | None = None  # samples scored by one worker; None: no limit
+    max_memory_mb: float | None = None  # its resident memory; None: no limit
+
+    def exceeded(self, tasks: int) -> tuple[str, float | None] | None:
+        """(reason, resident MiB) when a worker that has scored `tasks` samples should retire now."""
+        rss = rss_mb() if self.max_memory_mb is not None else None
+        if rss is not None and self.max_memory_mb is not None and rss > self.max_memory_mb:
+            return "memory", rss
+        if self.max_tasks is not None and tasks >= self.max_tasks:
+            return "tasks", rss
+        return None
+
+
+@dataclass(frozen=True)
+class Recycle:
+    """Sent with a worker's last result when it retires on a limit; it exits right after."""
+
+    job: int  # the job it was running (names the reward in the warning)
+    reason: str  # "memory" or "tasks"
+    rss_mb: float | None
+    tasks: int  # samples it scored in its life
+
+
+class _Retire(BaseException):
+    """Ends a worker's chunk early once it passed a limit; not an Exception, so nothing swallows it."""
+
+
+def _die_with_parent() -> None:
+    """Linux: have the kernel kill this worker when its parent (the fork server, which exits with
+    the trainer) dies, so that a worker stuck in C code does not outlive a killed trainer."""
+    if sys.platform != "linux":
+        return
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+
+
+_crash_log = None  # kept open for faulthandler for the worker's whole life
+
+
+def _worker_main(conn: Connection, jobs: list[Job], base_dir: str | Path | None, timeout_s: float,
+                 limits: Limits, crash_log: str) -> None:
     """Worker process: load every job's function once, then score chunks until told to stop."""
+    global _crash_log
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the trainer's to handle; it closes the pool
+    _die_with_parent()
+    _crash_log = open(crash_log, "w")  # faulthandler writes to it until the process ends
+    faulthandler.enable(_crash_log)  # a segfault leaves the reward's line here for the parent to read
     try:
         fns = [REWARD.get(job.ref, base_dir) for job in jobs]
-    except Exception as e:
+    except BaseException as e:  # also sys.exit at import: reported, not a silent exit
         conn.send(("error", f"{type(e).__name__}: {e}"))
         return
     if "torch" in sys.modules:  # many workers each with a full intra-op thread pool would oversubscribe
         sys.modules["torch"].set_num_threads(1)
-    conn.send(("ready", ""))
+    conn.send(("ready", rss_mb()))
+    tasks = 0  # samples scored in this worker's life
     while True:
         try:
             task = conn.recv()
@@ -61,8 +151,75 @@ def _worker_main(conn: Connection, jobs: list[Job], base_dir: str | Path | None,
         if task is None:
             return
         job, start, prompts, completions, rows = task
-        evaluate(fns[job], jobs[job], start, prompts, completions, rows, timeout_s,
-                 lambda *result: conn.send(result))
+        tasks, retired = _score_chunk(conn, fns[job], jobs, job, start, prompts, completions, rows,
+                                      timeout_s, limits, tasks)
+        if retired:
+            return
+
+
+def _score_chunk(conn: Connection, fn: Any, jobs: list[Job], job: int, start: int, prompts: list[str],
+                 completions: list[str], rows: list[dict[str, Any]], timeout_s: float, limits: Limits,
+                 tasks: int) -> tuple[int, bool]:
+    """Score one chunk, sending each sample's result as it finishes; returns the worker's task count
+    and whether it passed a limit (then its last message carried the Recycle and it must exit)."""
+    stop, batched = start + len(completions), jobs[job].batched
+    retire: Recycle | None = None
+
+    def emit(*result: Any) -> None:
+        # result: SampleResult; sent with the time it finished (the next sample starts now) and, on
+        # the last message before retiring, the reason (a batched call reports its whole chunk first)
+        nonlocal tasks, retire
+        tasks += 1
+        if retire is None and (over := limits.exceeded(tasks)) is not None:
+            retire = Recycle(job, over[0], over[1], tasks)
+        last = retire is not None and (not batched or result[0] == stop - 1)
+        conn.send((*result, time.monotonic(), retire if last else None))
+        if last and not batched:
+            raise _Retire
+
+    with contextlib.suppress(_Retire):
+        evaluate(fn, jobs[job], start, prompts, completions, rows, timeout_s, emit)
+    return tasks, retire is not None
+
+
+_WHERE = re.compile(r'File "(.+)", line (\d+) in (\S+)')
+
+
+def _crash_site(log: Path) -> str:
+    """Where a crashed worker was, from its faulthandler dump (innermost frame first): the
+    innermost frame, and the first frame outside Python's own files when that is another one
+    (a segfault usually happens in a library called from the reward)."""
+    try:
+        frames = _WHERE.findall(log.read_text(errors="replace"))
+    except OSError:
+        return ""
+    if not frames:
+        return ""
+    installed = tuple({sys.prefix, sys.base_prefix, sys.exec_prefix, str(Path(__file__).parents[1])})
+    mine = next((f for f in frames if not f[0].startswith(installed)), None)
+    where = f" (at {frames[0][0]}:{frames[0][1]} in {frames[0][2]}"
+    if mine is not None and mine != frames[0]:
+        where += f", called from {mine[0]}:{mine[1]} in {mine[2]}"
+    return where + ")"
+
+
+def how_it_ended(exitcode: int | None, crash_log: Path | None = None) -> str:
+    """'exited with code 1 (...)' or 'was killed by signal SIGSEGV (at file:line in fn)'."""
+    if exitcode is None:
+        return "stopped answering"
+    if exitcode >= 0:
+        return f"exited with code {exitcode} (os._exit, or exit in C code)"
+    try:
+        name = signal.Signals(-exitcode).name
+    except ValueError:
+        name = str(-exitcode)
+    if -exitcode == signal.SIGKILL:
+        return f"was killed by signal {name} (out of memory? the kernel's OOM killer sends SIGKILL)"
+    return f"was killed by signal {name}" + (_crash_site(crash_log) if crash_log is not None else "")
+
+
+_MAIN_GUARD_HINT = ("; if you start training from your own script, put its entry point under "
+                    "`if __name__ == \"__main__\":` (reward workers re-import the main module)")
 
 
 @dataclass
@@ -76,9 +233,12 @@ class _Chunk:
 class _Worker:
     process: BaseProcess
     conn: Connection
+    crash_log: Path
+    launched_at: float  # monotonic
+    ready: bool = False  # said "ready" (functions loaded)
     chunk: _Chunk | None = None  # the chunk in progress, None when idle
-    next_index: int = 0  # the next sample it will report
-    heard_at: float = 0.0  # monotonic time of its last report (or of the chunk's dispatch)
+    next_index: int = 0  # the sample it is on (the next it will report)
+    heard_at: float = 0.0  # monotonic time its current sample started (last report, or the chunk's dispatch)
 
 
 def _context() -> Any:
@@ -93,43 +253,64 @@ def _context() -> Any:
 class WorkerPool:
     """`workers` processes that score the given jobs; started on first use, reused across steps."""
 
-    def __init__(self, jobs: list[Job], workers: int, timeout_s: float, base_dir: str | Path | None = None):
+    def __init__(self, jobs: list[Job], workers: int, timeout_s: float, base_dir: str | Path | None = None,
+                 limits: Limits | None = None):
         self._jobs = jobs
         self._size = workers
         self._timeout_s = timeout_s
         self._base_dir = base_dir
+        self._limits = limits or Limits()
         self._workers: list[_Worker] = []
         self._queue: deque[_Chunk] = deque()
         self._batch: tuple[list[str], list[str], list[dict[str, Any]]] = ([], [], [])
         self._outcomes: list[Outcome] = []
+        self._logs: Path | None = None  # temp folder for the workers' crash logs
+        self._launched = 0
+        self.recycled: list[Recycle] = []  # workers that retired on a limit during the last step
 
     def submit(self, prompts: list[str], completions: list[str], rows: list[dict[str, Any]]) -> None:
         """Start scoring a step's samples with every job; `gather` collects the outcomes."""
         if not self._workers:
             self._start()
-        for w in self._workers:  # dead while idle, or busy from a call that was interrupted
-            if w.chunk is not None or not w.process.is_alive():
+        for w in self._workers:  # busy from a call that was interrupted, or dead while idle
+            if w.chunk is not None or (w.ready and not w.process.is_alive()):
                 self._replace(w)
         n = len(completions)
         self._batch = (prompts, completions, rows)
         self._outcomes = [Outcome.zeros(n) for _ in self._jobs]
-        size = max(1, math.ceil(n / (_CHUNKS_PER_WORKER * self._size)))
-        self._queue = deque(_Chunk(job, s, min(s + size, n)) for job in range(len(self._jobs))
-                            for s in range(0, n, size))
-        for w in self._workers:
-            self._dispatch(w)
+        self.recycled = []
+        self._queue = deque()
+        for job, spec in enumerate(self._jobs):
+            pieces = self._size if spec.batched else _CHUNKS_PER_WORKER * self._size
+            size = max(1, math.ceil(n / pieces))
+            self._queue.extend(_Chunk(job, s, min(s + size, n)) for s in range(0, n, size))
+        self._dispatch_idle()
 
-    def gather(self) -> list[Outcome]:
-        """Wait for every chunk of the submitted step; one Outcome per job."""
+    def gather(self, stop_at_first_failure: bool = False) -> list[Outcome]:
+        """Wait for every chunk of the submitted step; one Outcome per job.
+
+        stop_at_first_failure: as soon as any sample fails or times out, kill the workers and return
+        what was scored so far (`Outcome.first_lost` says which sample and why).
+        """
         limit = self._timeout_s + _GRACE_S
-        while busy := [w for w in self._workers if w.chunk is not None]:
-            next_deadline = min(w.heard_at for w in busy) + limit
-            ready = wait([w.conn for w in busy], timeout=max(0.0, next_deadline - time.monotonic()))
-            for w in busy:
+        while True:
+            if stop_at_first_failure and any(o.first_lost for o in self._outcomes):
+                self.terminate()  # the runner raises; nothing else of this step is wanted
+                break
+            self._dispatch_idle()
+            busy = [w for w in self._workers if w.chunk is not None]
+            starting = [w for w in self._workers if not w.ready] if self._queue else []
+            if not busy and not starting:
+                break
+            deadline = min([w.heard_at + limit for w in busy] + [w.launched_at + _START_TIMEOUT_S for w in starting])
+            ready = wait([w.conn for w in busy + starting], timeout=max(0.0, deadline - time.monotonic()))
+            for w in busy + starting:
                 if w.conn in ready:
                     self._receive(w)
-                elif time.monotonic() > w.heard_at + limit and not w.conn.poll():
-                    self._abandon(w, TIMED_OUT, f"timed out after {self._timeout_s:g}s")
+                elif w.chunk is not None and time.monotonic() > w.heard_at + limit and not w.conn.poll():
+                    self._kill_stuck(w)
+                elif not w.ready and time.monotonic() > w.launched_at + _START_TIMEOUT_S:
+                    self._start_failed(f"did not start within {_START_TIMEOUT_S:g}s")
         outcomes, self._outcomes, self._batch = self._outcomes, [], ([], [], [])
         return outcomes
 
@@ -141,43 +322,49 @@ class WorkerPool:
         for w in self._workers:
             self._stop(w, wait_s=1.0)
         self._workers = []
+        self._remove_logs()
+
+    def terminate(self) -> None:
+        """Kill every worker now (abort, or an error in the trainer); a later submit starts new ones."""
+        for w in self._workers:
+            self._stop(w, wait_s=0.0)
+        self._workers = []
+        self._queue.clear()
+        self._remove_logs()
+
+    # ---- processes ---------------------------------------------------------------------------
 
     def _start(self) -> None:
-        """Start all workers at once and wait for each to load its functions."""
+        """Start all workers at once and wait for each to load its functions (errors surface here)."""
         ctx = _context()
         self._workers = [self._launch(ctx) for _ in range(self._size)]
         for w in self._workers:
-            self._await_ready(w)
+            ready = wait([w.conn, w.process.sentinel], timeout=_START_TIMEOUT_S)
+            if not ready:
+                self._start_failed(f"did not start within {_START_TIMEOUT_S:g}s")
+            self._receive(w)
+            if not w.ready:  # the sentinel fired first and the pipe held nothing
+                self._start_failed(f"exited during start-up: {how_it_ended(w.process.exitcode)}{_MAIN_GUARD_HINT}")
 
     def _launch(self, ctx: Any) -> _Worker:
+        if self._logs is None:
+            self._logs = Path(tempfile.mkdtemp(prefix="rlvr-reward-workers-"))
+        self._launched += 1
+        log = self._logs / f"worker-{self._launched}.crash"
         parent, child = ctx.Pipe()
-        process = ctx.Process(target=_worker_main, args=(child, self._jobs, self._base_dir, self._timeout_s),
-                              name="rlvr-reward-worker", daemon=True)
+        process = ctx.Process(target=_worker_main, name="rlvr-reward-worker", daemon=True,
+                              args=(child, self._jobs, self._base_dir, self._timeout_s, self._limits, str(log)))
         process.start()
         child.close()
-        return _Worker(process, parent)
-
-    def _await_ready(self, w: _Worker) -> None:
-        ready = wait([w.conn, w.process.sentinel], timeout=_START_TIMEOUT_S)
-        if w.conn in ready:
-            try:
-                kind, text = w.conn.recv()
-            except EOFError:
-                kind, text = "error", f"exited during start-up (exit code {w.process.exitcode})"
-            if kind == "ready":
-                return
-        else:
-            text = (f"did not start within {_START_TIMEOUT_S:g}s" if not ready
-                    else f"exited during start-up (exit code {w.process.exitcode})")
-        self.close()
-        raise RewardError(f"reward worker: {text}")
+        return _Worker(process, parent, log, time.monotonic())
 
     def _replace(self, w: _Worker) -> None:
-        """Kill a worker and put a freshly started one in its place (same _Worker record)."""
+        """Stop a worker and launch a fresh one in the same record; it takes work once it is ready
+        (the step goes on with the other workers meanwhile)."""
         self._stop(w, wait_s=0.0)
         fresh = self._launch(_context())
-        w.process, w.conn, w.chunk = fresh.process, fresh.conn, None
-        self._await_ready(w)
+        w.process, w.conn, w.crash_log, w.launched_at = fresh.process, fresh.conn, fresh.crash_log, fresh.launched_at
+        w.ready, w.chunk = False, None
 
     def _stop(self, w: _Worker, wait_s: float) -> None:
         w.process.join(wait_s)
@@ -185,6 +372,23 @@ class WorkerPool:
             w.process.kill()
             w.process.join()
         w.conn.close()
+        w.crash_log.unlink(missing_ok=True)
+
+    def _start_failed(self, text: str) -> None:
+        self.terminate()
+        raise RewardError(f"reward worker: {text}")
+
+    def _remove_logs(self) -> None:
+        if self._logs is not None:
+            shutil.rmtree(self._logs, ignore_errors=True)
+            self._logs = None
+
+    # ---- messages ----------------------------------------------------------------------------
+
+    def _dispatch_idle(self) -> None:
+        for w in self._workers:
+            if w.ready and w.chunk is None:
+                self._dispatch(w)
 
     def _dispatch(self, w: _Worker) -> None:
         """Give an idle worker the next chunk, if any is left."""
@@ -192,28 +396,85 @@ class WorkerPool:
             return
         c = self._queue.popleft()
         prompts, completions, rows = self._batch
-        w.conn.send((c.job, c.start, prompts[c.start:c.stop], completions[c.start:c.stop], rows[c.start:c.stop]))
+        try:
+            w.conn.send((c.job, c.start, prompts[c.start:c.stop], completions[c.start:c.stop], rows[c.start:c.stop]))
+        except OSError:  # it died while idle: nothing of the chunk ran
+            self._queue.appendleft(c)
+            self._replace(w)
+            return
         w.chunk, w.next_index, w.heard_at = c, c.start, time.monotonic()
 
     def _receive(self, w: _Worker) -> None:
-        """Record every report waiting from `w`; hand it the next chunk when it finishes one."""
-        try:
-            while w.chunk is not None and w.conn.poll():
-                index, value, status, cause, extras = w.conn.recv()
-                self._outcomes[w.chunk.job].add(index, value, status, cause, extras)
-                w.next_index, w.heard_at = index + 1, time.monotonic()
-                if w.next_index == w.chunk.stop:
-                    w.chunk = None
-                    self._dispatch(w)
-        except (EOFError, OSError):
-            w.process.join(1.0)
-            self._abandon(w, FAILED, f"reward worker died (exit code {w.process.exitcode})")
+        """Handle every message waiting from `w`."""
+        while True:
+            try:
+                if not w.conn.poll():
+                    return
+                message = w.conn.recv()
+            except (EOFError, OSError):  # it is gone; what it sent before dying was read first
+                self._on_death(w)
+                return
+            if not w.ready:
+                self._on_start(w, message)
+            else:
+                self._on_result(w, message)
 
-    def _abandon(self, w: _Worker, status: str, cause: str) -> None:
-        """Give up on `w`'s chunk: its unreported samples get `status`; a fresh worker goes on."""
-        assert w.chunk is not None
-        outcome = self._outcomes[w.chunk.job]
-        for i in range(w.next_index, w.chunk.stop):
-            outcome.add(i, 0.0, status, cause, None)
-        self._replace(w)
+    def _on_start(self, w: _Worker, message: tuple[str, Any]) -> None:
+        kind, detail = message
+        if kind != "ready":
+            self._start_failed(f"could not load the rewards: {detail}")
+        ceiling = self._limits.max_memory_mb
+        if ceiling is not None and detail is not None and detail >= ceiling:
+            self._start_failed(f"a fresh worker already uses {detail:.0f} MB, at or above "
+                               f"reward.max_worker_memory_mb ({ceiling:g}); raise the ceiling")
+        w.ready = True
         self._dispatch(w)
+
+    def _on_result(self, w: _Worker, message: tuple[Any, ...]) -> None:
+        index, value, status, cause, extras, finished_at, retire = message
+        assert w.chunk is not None
+        self._outcomes[w.chunk.job].add(index, value, status, cause, extras)
+        w.next_index, w.heard_at = index + 1, finished_at
+        if retire is not None:  # it exits now: the rest of its chunk goes to another worker
+            self.recycled.append(retire)
+            self._requeue(w.chunk, w.next_index)
+            self._replace(w)
+        elif w.next_index == w.chunk.stop:
+            w.chunk = None
+            self._dispatch(w)
+
+    def _on_death(self, w: _Worker) -> None:
+        """A worker ended on its own: fail the sample it was on, re-queue the rest of its chunk."""
+        w.process.join(1.0)
+        if not w.ready:
+            ended = how_it_ended(w.process.exitcode, w.crash_log)
+            self._start_failed(f"exited during start-up: {ended}{_MAIN_GUARD_HINT}")
+        if w.chunk is not None:
+            ended = how_it_ended(w.process.exitcode, w.crash_log)
+            self._lose_current(w, FAILED, f"the reward worker {ended} while scoring this sample")
+        self._replace(w)
+
+    def _kill_stuck(self, w: _Worker) -> None:
+        """`w` is past timeout_s + grace on one sample (or one batched call): stuck where its own timer
+        cannot reach (C code, blocked signals). Kill it; that sample times out with the measured time."""
+        elapsed = time.monotonic() - w.heard_at
+        w.process.kill()
+        w.process.join()
+        self._lose_current(w, TIMED_OUT, timeout_cause(elapsed, self._timeout_s)
+                           + "; stuck where the timer cannot interrupt it (C code?), so its worker was killed")
+        self._replace(w)
+
+    def _lose_current(self, w: _Worker, status: str, cause: str) -> None:
+        """Give the sample `w` was on `status`; the rest of its chunk goes back to the queue's front.
+        A batched call covers its whole chunk, so all of that chunk is lost."""
+        assert w.chunk is not None
+        c, outcome = w.chunk, self._outcomes[w.chunk.job]
+        lost_until = c.stop if self._jobs[c.job].batched else w.next_index + 1
+        for i in range(w.next_index, lost_until):
+            outcome.add(i, 0.0, status, cause, None)
+        self._requeue(c, lost_until)
+        w.chunk = None
+
+    def _requeue(self, c: _Chunk, start: int) -> None:
+        if start < c.stop:
+            self._queue.appendleft(_Chunk(c.job, start, c.stop))
