@@ -123,6 +123,7 @@ def test_broken_newest_checkpoint_is_named_and_skipped(name, run_dir, capsys):
     assert checkpoint_lines(capsys.readouterr().err) == [expected]
 
 
+@pytest.mark.slow
 def test_training_resumes_from_the_newest_complete_checkpoint(run_dir, models, capsys):
     """End to end: the run goes on from step 2, and its own step 4 replaces the broken one."""
     problem = _truncate_weights(run_dir)
