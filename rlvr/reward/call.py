@@ -180,18 +180,24 @@ def _call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
 
 
 def evaluate(fn: Callable[..., Any], job: Job, offset: int, prompts: Sequence[str], completions: Sequence[str],
-             rows: Sequence[dict[str, Any]], timeout_s: float, emit: Callable[..., None]) -> None:
+             rows: Sequence[dict[str, Any]], timeout_s: float, emit: Callable[..., None],
+             starting: Callable[[int], None] | None = None) -> None:
     """Score samples offset, offset+1, ... and `emit(*SampleResult)` for each, in order.
 
     Per-sample functions get `timeout_s` per sample; a batched function gets `timeout_s` for the
-    whole call, and a failure of that call fails all its samples.
+    whole call, and a failure of that call fails all its samples. `starting(i)`, when given, is
+    called before sample i is scored (before the batched call, with i = offset).
     """
     with _alarm_handler(timeout_s) as limit:
         if job.batched:
+            if starting is not None:
+                starting(offset)
             for result in _batch(fn, job.kwargs, offset, prompts, completions, rows, limit, timeout_s):
                 emit(*result)
             return
         for i, args in enumerate(zip(prompts, completions, rows), start=offset):
+            if starting is not None:
+                starting(i)
             start = time.perf_counter()
             try:
                 value = _call(fn, args, job.kwargs, limit)

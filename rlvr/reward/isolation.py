@@ -5,18 +5,22 @@ no signal reaches it, or leak memory; math-verify can spend seconds in sympy. A 
 killed and replaced; the trainer's own process cannot.
 
 How a step runs: each isolated reward's samples are cut into contiguous chunks (about four per
-worker for per-sample rewards, one per worker for batched ones), chunks go to idle workers, and
-a worker reports every sample as it finishes it, so the parent always knows which sample a
-worker is on. When something goes wrong, only that sample is lost:
+worker for per-sample rewards, one per worker for batched ones) and chunks go to idle workers.
+Before each sample a worker writes the sample's index and start time into a small shared array,
+and it sends its results in a few messages per chunk (one message per sample would cost more
+than a cheap reward itself). So the parent always knows which sample a worker is on, and when
+something goes wrong only that sample is lost:
 
 - the worker dies (os._exit, segfault, killed by the OS): that sample fails with the cause (exit
-  code or signal, and for a crash the reward's line, from faulthandler), the rest of the chunk
-  goes back to the front of the queue, and a fresh worker is started in the background;
-- the worker is silent for timeout_s + _GRACE_S: it is stuck where its own per-sample timer
+  code or signal, and for a crash the reward's line, from faulthandler); the rest of the chunk,
+  and the samples it had scored but not sent yet, go back to the front of the queue, and a fresh
+  worker starts in the background;
+- its current sample has run for timeout_s + _GRACE_S: it is stuck where its own per-sample timer
   (call.py) cannot reach, so it is killed; that sample times out with the measured time and the
-  rest of the chunk is re-queued;
+  rest is re-queued the same way;
 - the worker passes its memory ceiling or its task count (`Limits`): it finishes the sample,
-  says so, and exits; the rest of its chunk is re-queued and the runner warns.
+  sends what it has with the reason, and exits; the rest of its chunk is re-queued and the
+  runner warns.
 
 Start method: forkserver (spawn where it is missing). Forking the trainer itself would copy its
 threads' locks (CUDA, NCCL, tokenizers, vLLM) mid-use; the fork server is a fresh single-threaded
@@ -50,11 +54,16 @@ from typing import Any
 
 import rlvr.reward.builtins  # noqa: F401  (registers the built-ins that workers resolve by name)
 from rlvr.registry import REWARD
-from rlvr.reward.call import FAILED, TIMED_OUT, Job, Outcome, RewardError, evaluate, timeout_cause
+from rlvr.reward.call import FAILED, OK, TIMED_OUT, Job, Outcome, RewardError, evaluate, timeout_cause
 
 _GRACE_S = 1.0  # past timeout_s, before the parent kills a silent worker
 _START_TIMEOUT_S = 120.0  # the first start imports __main__ in the fork server
 _CHUNKS_PER_WORKER = 4
+# A worker sends its results after this many samples or seconds, whichever comes first (and at once
+# after a failure, at the end of a chunk, or when it retires). Results not yet sent when it crashes
+# are lost with it and scored again by the next worker: at most _FLUSH_SAMPLES - 1 per crash.
+_FLUSH_SAMPLES = 16
+_FLUSH_S = 0.02
 _PAGE_MB = (os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096) / 2**20
 
 
@@ -126,9 +135,14 @@ def _die_with_parent() -> None:
 _crash_log = None  # kept open for faulthandler for the worker's whole life
 
 
-def _worker_main(conn: Connection, jobs: list[Job], base_dir: str | Path | None, timeout_s: float,
-                 limits: Limits, crash_log: str) -> None:
-    """Worker process: load every job's function once, then score chunks until told to stop."""
+def _worker_main(conn: Connection, progress: Any, jobs: list[Job], base_dir: str | Path | None,
+                 timeout_s: float, limits: Limits, crash_log: str) -> None:
+    """Worker process: load every job's function once, then score chunks until told to stop.
+
+    progress: shared [start time (monotonic), index] of the sample being scored, written before
+    each sample, so the parent knows which sample a dead or stuck worker was on without a message
+    per sample.
+    """
     global _crash_log
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the trainer's to handle; it closes the pool
     _die_with_parent()
@@ -151,34 +165,46 @@ def _worker_main(conn: Connection, jobs: list[Job], base_dir: str | Path | None,
         if task is None:
             return
         job, start, prompts, completions, rows = task
-        tasks, retired = _score_chunk(conn, fns[job], jobs, job, start, prompts, completions, rows,
+        tasks, retired = _score_chunk(conn, progress, fns[job], jobs[job], job, start, prompts, completions, rows,
                                       timeout_s, limits, tasks)
         if retired:
             return
 
 
-def _score_chunk(conn: Connection, fn: Any, jobs: list[Job], job: int, start: int, prompts: list[str],
+def _score_chunk(conn: Connection, progress: Any, fn: Any, spec: Job, job: int, start: int, prompts: list[str],
                  completions: list[str], rows: list[dict[str, Any]], timeout_s: float, limits: Limits,
                  tasks: int) -> tuple[int, bool]:
-    """Score one chunk, sending each sample's result as it finishes; returns the worker's task count
-    and whether it passed a limit (then its last message carried the Recycle and it must exit)."""
-    stop, batched = start + len(completions), jobs[job].batched
+    """Score one chunk and send its results in a few messages (see _FLUSH_SAMPLES). Returns the worker's task count and whether it
+    passed a limit (then its last message carried the Recycle and it must exit)."""
+    stop = start + len(completions)
     retire: Recycle | None = None
+    pending: list[tuple[Any, ...]] = []
+    flushed_at = time.monotonic()
+
+    def starting(i: int) -> None:
+        progress[0] = time.monotonic()  # the time first: a reader that sees the new index sees its time
+        progress[1] = i
 
     def emit(*result: Any) -> None:
-        # result: SampleResult; sent with the time it finished (the next sample starts now) and, on
-        # the last message before retiring, the reason (a batched call reports its whole chunk first)
-        nonlocal tasks, retire
+        # result: SampleResult, sent with the Recycle on the last message before retiring (a batched
+        # call reports its whole chunk first)
+        nonlocal tasks, retire, flushed_at
         tasks += 1
         if retire is None and (over := limits.exceeded(tasks)) is not None:
             retire = Recycle(job, over[0], over[1], tasks)
-        last = retire is not None and (not batched or result[0] == stop - 1)
-        conn.send((*result, time.monotonic(), retire if last else None))
-        if last and not batched:
+        last = retire is not None and (not spec.batched or result[0] == stop - 1)
+        pending.append((*result, retire if last else None))
+        now = time.monotonic()
+        if (last or result[0] == stop - 1 or result[2] != OK or len(pending) >= _FLUSH_SAMPLES
+                or now - flushed_at >= _FLUSH_S):
+            conn.send(pending)
+            pending.clear()
+            flushed_at = now
+        if last and not spec.batched:
             raise _Retire
 
     with contextlib.suppress(_Retire):
-        evaluate(fn, jobs[job], start, prompts, completions, rows, timeout_s, emit)
+        evaluate(fn, spec, start, prompts, completions, rows, timeout_s, emit, starting)
     return tasks, retire is not None
 
 
@@ -236,9 +262,13 @@ class _Worker:
     crash_log: Path
     launched_at: float  # monotonic
     ready: bool = False  # said "ready" (functions loaded)
+    progress: Any = None  # shared with the worker: [start time (monotonic), index] of its current sample
     chunk: _Chunk | None = None  # the chunk in progress, None when idle
-    next_index: int = 0  # the sample it is on (the next it will report)
-    heard_at: float = 0.0  # monotonic time its current sample started (last report, or the chunk's dispatch)
+    next_index: int = 0  # the first sample of the chunk whose result has not arrived yet
+
+    def current(self) -> tuple[float, int]:
+        """(start time, index) of the sample it is on, as it last wrote them."""
+        return self.progress[0], int(self.progress[1])
 
 
 def _context() -> Any:
@@ -302,12 +332,12 @@ class WorkerPool:
             starting = [w for w in self._workers if not w.ready] if self._queue else []
             if not busy and not starting:
                 break
-            deadline = min([w.heard_at + limit for w in busy] + [w.launched_at + _START_TIMEOUT_S for w in starting])
+            deadline = min([w.current()[0] + limit for w in busy] + [w.launched_at + _START_TIMEOUT_S for w in starting])
             ready = wait([w.conn for w in busy + starting], timeout=max(0.0, deadline - time.monotonic()))
             for w in busy + starting:
                 if w.conn in ready:
                     self._receive(w)
-                elif w.chunk is not None and time.monotonic() > w.heard_at + limit and not w.conn.poll():
+                elif w.chunk is not None and time.monotonic() > w.current()[0] + limit and not w.conn.poll():
                     self._kill_stuck(w)
                 elif not w.ready and time.monotonic() > w.launched_at + _START_TIMEOUT_S:
                     self._start_failed(f"did not start within {_START_TIMEOUT_S:g}s")
@@ -352,11 +382,13 @@ class WorkerPool:
         self._launched += 1
         log = self._logs / f"worker-{self._launched}.crash"
         parent, child = ctx.Pipe()
+        progress = ctx.RawArray("d", 2)
         process = ctx.Process(target=_worker_main, name="rlvr-reward-worker", daemon=True,
-                              args=(child, self._jobs, self._base_dir, self._timeout_s, self._limits, str(log)))
+                              args=(child, progress, self._jobs, self._base_dir, self._timeout_s, self._limits,
+                                    str(log)))
         process.start()
         child.close()
-        return _Worker(process, parent, log, time.monotonic())
+        return _Worker(process, parent, log, time.monotonic(), progress=progress)
 
     def _replace(self, w: _Worker) -> None:
         """Stop a worker and launch a fresh one in the same record; it takes work once it is ready
@@ -364,7 +396,7 @@ class WorkerPool:
         self._stop(w, wait_s=0.0)
         fresh = self._launch(_context())
         w.process, w.conn, w.crash_log, w.launched_at = fresh.process, fresh.conn, fresh.crash_log, fresh.launched_at
-        w.ready, w.chunk = False, None
+        w.progress, w.ready, w.chunk = fresh.progress, False, None
 
     def _stop(self, w: _Worker, wait_s: float) -> None:
         w.process.join(wait_s)
@@ -396,13 +428,15 @@ class WorkerPool:
             return
         c = self._queue.popleft()
         prompts, completions, rows = self._batch
+        # written before the worker can start, so that its deadline never counts from an older sample
+        w.progress[0], w.progress[1] = time.monotonic(), c.start
         try:
             w.conn.send((c.job, c.start, prompts[c.start:c.stop], completions[c.start:c.stop], rows[c.start:c.stop]))
         except OSError:  # it died while idle: nothing of the chunk ran
             self._queue.appendleft(c)
             self._replace(w)
             return
-        w.chunk, w.next_index, w.heard_at = c, c.start, time.monotonic()
+        w.chunk, w.next_index = c, c.start
 
     def _receive(self, w: _Worker) -> None:
         """Handle every message waiting from `w`."""
@@ -416,8 +450,11 @@ class WorkerPool:
                 return
             if not w.ready:
                 self._on_start(w, message)
-            else:
-                self._on_result(w, message)
+                continue
+            for result in message:  # a list: the samples it scored since its last message
+                if w.chunk is None:  # it retired with this result; nothing else follows
+                    break
+                self._on_result(w, result)
 
     def _on_start(self, w: _Worker, message: tuple[str, Any]) -> None:
         kind, detail = message
@@ -431,10 +468,10 @@ class WorkerPool:
         self._dispatch(w)
 
     def _on_result(self, w: _Worker, message: tuple[Any, ...]) -> None:
-        index, value, status, cause, extras, finished_at, retire = message
+        index, value, status, cause, extras, retire = message
         assert w.chunk is not None
         self._outcomes[w.chunk.job].add(index, value, status, cause, extras)
-        w.next_index, w.heard_at = index + 1, finished_at
+        w.next_index = index + 1
         if retire is not None:  # it exits now: the rest of its chunk goes to another worker
             self.recycled.append(retire)
             self._requeue(w.chunk, w.next_index)
@@ -457,7 +494,7 @@ class WorkerPool:
     def _kill_stuck(self, w: _Worker) -> None:
         """`w` is past timeout_s + grace on one sample (or one batched call): stuck where its own timer
         cannot reach (C code, blocked signals). Kill it; that sample times out with the measured time."""
-        elapsed = time.monotonic() - w.heard_at
+        elapsed = time.monotonic() - w.current()[0]
         w.process.kill()
         w.process.join()
         self._lose_current(w, TIMED_OUT, timeout_cause(elapsed, self._timeout_s)
@@ -465,14 +502,21 @@ class WorkerPool:
         self._replace(w)
 
     def _lose_current(self, w: _Worker, status: str, cause: str) -> None:
-        """Give the sample `w` was on `status`; the rest of its chunk goes back to the queue's front.
-        A batched call covers its whole chunk, so all of that chunk is lost."""
+        """Give the sample `w` was on `status` (all of the chunk for a batched call, which covers it);
+        the rest goes back to the queue's front, also the samples it scored but had not sent yet."""
         assert w.chunk is not None
         c, outcome = w.chunk, self._outcomes[w.chunk.job]
-        lost_until = c.stop if self._jobs[c.job].batched else w.next_index + 1
-        for i in range(w.next_index, lost_until):
+        _, index = w.current()
+        if self._jobs[c.job].batched:
+            lost = range(w.next_index, c.stop)
+        elif w.next_index <= index < c.stop:
+            lost = range(index, index + 1)
+        else:  # it ended between samples: nothing of this chunk is to blame
+            lost = range(w.next_index, w.next_index)
+        for i in lost:
             outcome.add(i, 0.0, status, cause, None)
-        self._requeue(c, lost_until)
+        self._requeue(c, lost.stop)
+        self._requeue(_Chunk(c.job, w.next_index, lost.start), w.next_index)  # scored, unsent: score again
         w.chunk = None
 
     def _requeue(self, c: _Chunk, start: int) -> None:

@@ -33,7 +33,6 @@ import signal
 import sys
 
 _kept = []
-_calls = 0
 
 
 def exits(prompt, completion, row):
@@ -87,10 +86,9 @@ def pid(prompt, completion, row):
     return float(os.getpid())
 
 
-def every_20th_call_segfaults(prompt, completion, row):
-    global _calls
-    _calls += 1
-    if _calls % 20 == 0:
+def segfaults_on_3_and_7(prompt, completion, row):
+    """For `rlvr train` on the quickstart task: every sample of a prompt whose answer is 3 or 7 crashes."""
+    if row["answer"] in ("3", "7"):
         ctypes.string_at(0)
     return 1.0
 '''
@@ -241,9 +239,9 @@ def models(tmp_path_factory):
 
 
 def _train(tmp_path, models, *overrides):
-    """`python -m rlvr train` on the quickstart with a user reward that segfaults on every 20th call."""
+    """`python -m rlvr train` on the quickstart with a user reward that segfaults on a fifth of the prompts."""
     rewards = ("[{name: exact}, {name: '%s', weight: 0.0, label: flaky}]"
-               % (tmp_path / "bad_rewards.py:every_20th_call_segfaults"))
+               % (tmp_path / "bad_rewards.py:segfaults_on_3_and_7"))
     cmd = [sys.executable, "-m", "rlvr", "train", str(ROOT / "recipes" / "quickstart.yaml"),
            f"model.path={models / 'tiny-digits'}", f"run.output_dir={tmp_path / 'run'}", "eval.every=0",
            "eval.at_start=false", "metrics.plot=false", "metrics.sinks=[jsonl]", f"reward.functions={rewards}",
@@ -259,9 +257,10 @@ def test_rlvr_train_survives_a_crashing_user_reward(bad, tmp_path, models):
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "reward/flaky/failures" in r]
     assert [r["step"] for r in steps] == [1, 2], report
-    for r in steps:  # 256 samples a step: about 13 crashes, each costing only its own sample
-        assert 10 <= r["reward/flaky/failures"] <= 14 and r["reward/flaky/timeouts"] == 0.0, (r, report)
-        assert r["reward/flaky/mean"] == (256 - r["reward/flaky/failures"]) / 256, (r, report)
+    for r in steps:  # 32 prompts x 8 samples: the 8 samples of each bad prompt fail, every other one scores 1
+        failures = r["reward/flaky/failures"]
+        assert failures > 0 and failures % 8 == 0 and r["reward/flaky/timeouts"] == 0.0, (r, report)
+        assert r["reward/flaky/mean"] == (256 - failures) / 256, (r, report)
         assert r["reward/exact/failures"] == 0.0
     assert "killed by signal SIGSEGV" in proc.stderr, report
 
@@ -270,6 +269,6 @@ def test_rlvr_train_survives_a_crashing_user_reward(bad, tmp_path, models):
 def test_rlvr_train_abort_stops_with_one_clear_error(bad, tmp_path, models):
     proc, report = _train(tmp_path, models, "run.steps=2", "reward.on_failure=abort")
     assert proc.returncode == 1, report
-    assert re.search(r"error: reward 'flaky' \(.*bad_rewards\.py:every_20th_call_segfaults\) failed on sample "
-                     r"19: the reward worker was killed by signal SIGSEGV", proc.stderr), report
+    assert re.search(r"error: reward 'flaky' \(.*bad_rewards\.py:segfaults_on_3_and_7\) failed on sample "
+                     r"\d+: the reward worker was killed by signal SIGSEGV", proc.stderr), report
     assert "Traceback" not in proc.stderr, report
