@@ -298,10 +298,19 @@ class WorkerPool:
         self._launched = 0
         self.recycled: list[Recycle] = []  # workers that retired on a limit during the last step
 
+    def start(self) -> None:
+        """Launch the workers without waiting for them, so that they load while the trainer sets
+        up; the first submit waits until they are ready (and raises what went wrong)."""
+        if not self._workers:
+            ctx = _context()
+            self._workers = [self._launch(ctx) for _ in range(self._size)]
+
     def submit(self, prompts: list[str], completions: list[str], rows: list[dict[str, Any]]) -> None:
         """Start scoring a step's samples with every job; `gather` collects the outcomes."""
-        if not self._workers:
-            self._start()
+        self.start()
+        if not any(w.ready for w in self._workers):  # the first start (replacements join when ready)
+            for w in self._workers:
+                self._await_start(w)
         for w in self._workers:  # busy from a call that was interrupted, or dead while idle
             if w.chunk is not None or (w.ready and not w.process.is_alive()):
                 self._replace(w)
@@ -364,17 +373,14 @@ class WorkerPool:
 
     # ---- processes ---------------------------------------------------------------------------
 
-    def _start(self) -> None:
-        """Start all workers at once and wait for each to load its functions (errors surface here)."""
-        ctx = _context()
-        self._workers = [self._launch(ctx) for _ in range(self._size)]
-        for w in self._workers:
-            ready = wait([w.conn, w.process.sentinel], timeout=_START_TIMEOUT_S)
-            if not ready:
-                self._start_failed(f"did not start within {_START_TIMEOUT_S:g}s")
-            self._receive(w)
-            if not w.ready:  # the sentinel fired first and the pipe held nothing
-                self._start_failed(f"exited during start-up: {how_it_ended(w.process.exitcode)}{_MAIN_GUARD_HINT}")
+    def _await_start(self, w: _Worker) -> None:
+        """Wait until `w` has loaded its functions; raise RewardError if it cannot."""
+        ready = wait([w.conn, w.process.sentinel], timeout=max(0.0, w.launched_at + _START_TIMEOUT_S - time.monotonic()))
+        if not ready:
+            self._start_failed(f"did not start within {_START_TIMEOUT_S:g}s")
+        self._receive(w)
+        if not w.ready:  # the sentinel fired first and the pipe held nothing
+            self._start_failed(f"exited during start-up: {how_it_ended(w.process.exitcode)}{_MAIN_GUARD_HINT}")
 
     def _launch(self, ctx: Any) -> _Worker:
         if self._logs is None:

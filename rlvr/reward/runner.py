@@ -179,6 +179,8 @@ class RewardRunner:
         isolated = [r.job for r in self._rewards if r.fn is None]
         limits = Limits(max_tasks_per_worker, max_worker_memory_mb)
         self._pool = WorkerPool(isolated, workers, timeout_s, base_dir, limits) if isolated else None
+        if self._pool is not None:
+            self._pool.start()  # the workers load while the trainer loads its models
         self._pooled = [r for r in self._rewards if r.fn is None]  # in the pool's job order
 
     @staticmethod
