@@ -7,6 +7,7 @@ plug in through the registries (sampler, allocator, advantage, policy_loss, aggr
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -21,8 +22,20 @@ from rlvr.config.preflight import check_prompt_lengths
 from rlvr.eval import evaluate
 from rlvr.learner.checkpoint import load_checkpoint_state, resolve_resume, save_checkpoint, set_rng_state
 from rlvr.learner.policy_loss import kl_in_reward
+from rlvr.lifecycle import (
+    CheckpointClock,
+    SignalStopped,
+    StopRequest,
+    StopSignals,
+    run_folder_lock,
+    signal_name,
+    signal_stop,
+    write_atomically,
+)
 from rlvr.metrics import MetricsLogger, tensor_stats
+from rlvr.metrics.logger import set_aside
 from rlvr.registry import load_object
+from rlvr.resume_policy import apply_optimizer_changes, change_lines, check_resume
 from rlvr.reward import score_rollouts
 from rlvr.rollout import SamplingParams
 from rlvr.rollout.sync import probe_sequence, push_and_verify
@@ -31,15 +44,30 @@ from rlvr.types import AdvantageBatch, AdvantageInput, PromptBatch, Rollouts, Sc
 
 
 def train(cfg: Config, base_dir: Path | None = None) -> Path:
-    """Run (or resume) the recipe; returns the run folder."""
+    """Run (or resume) the recipe; returns the run folder.
+
+    Holds the run folder's lock throughout (RunLocked when another run has it). SIGTERM, SIGUSR1
+    and SIGINT stop the run at the end of the current step, after a checkpoint, by raising
+    SignalStopped; the caller's own signal handlers are back in place when this returns.
+    """
     import rlvr.plugins  # noqa: F401
 
-    acc = build.make_accelerator(cfg)
+    # first of all, so that a signal during a long start-up is not lost
+    with StopSignals(announce=os.environ.get("RANK", "0") == "0") as signals:
+        acc = build.make_accelerator(cfg)
+        with run_folder_lock(Path(cfg.run.output_dir), acc):
+            return _train(cfg, base_dir, acc, signals)
+
+
+def _train(cfg: Config, base_dir: Path | None, acc, signals: StopSignals) -> Path:
     run_dir = Path(cfg.run.output_dir)
     ckpt = resolve_resume(cfg.run.resume, run_dir, acc)  # checks it; a broken newest one is named and skipped
     if ckpt is None and cfg.run.resume == "never" and (run_dir / "checkpoints").is_dir():
         raise FileExistsError(f"run.output_dir: {run_dir} already holds checkpoints; use run.resume=auto "
                               "or another run.output_dir (nothing was overwritten)")
+    # a resumed run uses the recipe's values where they may change (announced below), and refuses
+    # to start where they may not, before anything is loaded or written
+    honoured = check_resume(cfg.model_dump(mode="json"), ckpt) if ckpt is not None else []
     set_seed(cfg.run.seed + acc.process_index)
     world, rank = acc.num_processes, acc.process_index
     if cfg.sampling.prompts_per_step % world:
@@ -78,17 +106,25 @@ def train(cfg: Config, base_dir: Path | None = None) -> Path:
         start = state["step"]
         if rng is not None:
             set_rng_state(rng)
-    elif acc.is_main_process and (run_dir / "metrics.jsonl").exists():
-        (run_dir / "metrics.jsonl").unlink()  # a fresh start: no checkpoint refers to these lines
+        if {"learner.lr", "learner.weight_decay"} & {key for key, _, _ in honoured}:
+            apply_optimizer_changes(learner.scheduler, cfg.learner.lr, cfg.learner.weight_decay)
+    set_aside_lines = []
+    if ckpt is None and acc.is_main_process:  # a fresh start: an older run's metrics move aside, never deleted
+        for name in ("metrics.jsonl", "tb"):
+            if (moved := set_aside(run_dir / name)) is not None:
+                set_aside_lines.append(f"rlvr: fresh start: the {name} of an earlier run in this folder was moved "
+                                       f"to {moved}")
     logger = MetricsLogger(run_dir, sinks=list(cfg.metrics.sinks), total_steps=cfg.run.steps, start_step=start,
                            config=cfg.model_dump(mode="json"), wandb_project=cfg.metrics.wandb_project,
                            run_name=cfg.run.name, is_main=acc.is_main_process)
     if acc.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(to_yaml(cfg))
+        write_atomically(run_dir / "config.yaml", to_yaml(cfg))
         logger.write(f"rlvr: {cfg.run.name} | policy {policy_path} | {len(train_prompts)} train / "
                      f"{len(eval_prompts)} eval prompts | {'resuming at step ' + str(start) if ckpt else 'fresh start'}"
                      f" | {world} process(es) on {acc.device}")
+        for line in set_aside_lines + change_lines(honoured):
+            logger.write(line)
         if data_stats["skipped"]:
             reasons = ", ".join(f"{k} {v}" for k, v in data_stats.items() if k not in ("rows", "skipped") and v)
             logger.write(f"rlvr: skipped {data_stats['skipped']} of {data_stats['rows']} training rows ({reasons})")
@@ -107,11 +143,12 @@ def train(cfg: Config, base_dir: Path | None = None) -> Path:
                      samples=e.samples, ks=e.ks, temperature=e.temperature, process_index=rank, num_processes=world)
         logger.log(step, m)
 
-    def checkpoint(step: int) -> None:
+    def checkpoint(step: int) -> Path:
         state = {"step": step, "plugins": {k: o.state_dict() for k, o in stateful.items() if hasattr(o, "state_dict")}}
-        save_checkpoint(run_dir, step, model=learner.model, tokenizer=tokenizer, state=state,
-                        config_yaml=to_yaml(cfg), keep_last=cfg.checkpoint.keep_last, accelerator=acc,
-                        shards=learner.save_shards)
+        clock.reset()
+        return save_checkpoint(run_dir, step, model=learner.model, tokenizer=tokenizer, state=state,
+                               config_yaml=to_yaml(cfg), keep_last=cfg.checkpoint.keep_last, accelerator=acc,
+                               shards=learner.save_shards)
 
     def sync_weights(probe: list[int] | None) -> dict[str, float]:
         return push_and_verify(engine, learner.full_weights, learner.sequence_logprobs, probe, sync_tolerance,
@@ -120,8 +157,21 @@ def train(cfg: Config, base_dir: Path | None = None) -> Path:
     if not engine.shares_learner_weights:  # the engine loaded from disk: start it from the learner's tensors
         # probed too: an engine that reads the architecture differently fails here, before any training
         sync_weights(train_prompts[0].token_ids if sync_every and len(train_prompts[0].token_ids) > 1 else None)
+    # A stop asked for during start-up (a signal on any process) ends the run before its first step:
+    # nothing new to save. Later ones are acted on at the end of the step they arrive in.
+    if start < cfg.run.steps and (early := int(_reduce_max(signals.received or 0, world))):
+        rewards.close()
+        logger.close()
+        resume = f"a restart resumes from {ckpt}" if ckpt else "no checkpoint yet"
+        raise SignalStopped(f"{signal_name(early)} received during start-up, before step {start + 1}; nothing new "
+                            f"to save ({resume})", early)
     if start == 0 and cfg.eval.at_start:
         run_eval(0)
+
+    clock = CheckpointClock(cfg.checkpoint.every_minutes)
+    # Why the run stops at the end of this step (a signal, an alarm...), or None: the step ends with
+    # a checkpoint (unless stop.checkpoint is False) and stop.stopped(...) is raised.
+    stop: StopRequest | None = None
 
     # ---- the loop -----------------------------------------------------------------------------
     for step in range(start + 1, cfg.run.steps + 1):
@@ -178,13 +228,23 @@ def train(cfg: Config, base_dir: Path | None = None) -> Path:
             "perf/rollout_tokens_per_s": gen_tokens / max(t3 - t1 - scored.metrics.get("perf/reward_s", 0.0), 1e-9),
             "perf/train_tokens_per_s": _train_tokens(rollouts) * learner.epochs / max(t5 - t4, 1e-9),
         })
-        logger.log(step, _reduce_metrics(metrics, world))
+        # every process agrees on the stop and time-based checkpoint flags in the metrics' gather
+        control = {"signal": signals.received or 0, "clock": int(rank == 0 and clock.due())}
+        metrics, control = _reduce_step(metrics, control, world)
+        logger.log(step, metrics)
+        if stop is None and control["signal"] and step < cfg.run.steps:  # at the last step: just finish
+            stop = signal_stop(int(control["signal"]))
 
         if cfg.eval.every and step % cfg.eval.every == 0:
             run_eval(step)
-        if (cfg.checkpoint.every and step % cfg.checkpoint.every == 0) or (
-            step == cfg.run.steps and cfg.checkpoint.at_end):
-            checkpoint(step)
+        saved = None
+        if ((cfg.checkpoint.every and step % cfg.checkpoint.every == 0) or control["clock"]
+                or (step == cfg.run.steps and cfg.checkpoint.at_end) or (stop is not None and stop.checkpoint)):
+            saved = checkpoint(step)
+        if stop is not None:
+            logger.close()
+            rewards.close()
+            raise stop.stopped(step, saved)
 
     if cfg.eval.every and cfg.run.steps % cfg.eval.every and start < cfg.run.steps:
         run_eval(cfg.run.steps)
@@ -341,13 +401,19 @@ def _train_tokens(ro: Rollouts) -> float:
     return float(prompt_tokens + ro.lengths.sum())
 
 
-def _reduce_metrics(metrics: dict[str, float], world: int) -> dict[str, float]:
-    """Average per-process metrics over processes (one all-gather of a small dict)."""
-    if world == 1:
-        return metrics
-    parts = gather_object([metrics])
+def _average(parts: list[dict[str, float]]) -> dict[str, float]:
+    """Each metric averaged over the processes that logged it."""
     keys = set().union(*parts)
     return {k: sum(p[k] for p in parts if k in p) / sum(k in p for p in parts) for k in keys}
+
+
+def _reduce_step(metrics: dict[str, float], control: dict[str, int], world: int):
+    """Metrics averaged and control flags maxed over processes, in the step's one all-gather, so
+    a flag raised on any process (a signal that reached only some) is seen by all at this step."""
+    if world == 1:
+        return metrics, control
+    parts = gather_object([(metrics, control)])
+    return _average([m for m, _ in parts]), {k: max(c[k] for _, c in parts) for k in control}
 
 
 def _reduce_max(value: float, world: int) -> float:

@@ -226,7 +226,10 @@ class EvalConfig(Section):
 
 
 class CheckpointConfig(Section):
-    every: int = Field(0, ge=0, description="steps between checkpoints; 0 only at the end")
+    every: int = Field(100, ge=0, description="steps between checkpoints; 0: only at the end, on a stop signal "
+                       "and every_minutes")
+    every_minutes: float = Field(30.0, ge=0.0, description="also checkpoint once this many minutes passed since "
+                                 "the last checkpoint (0: off), so a slow run loses at most about this much")
     keep_last: int = Field(2, ge=1)
     at_end: bool = True
 

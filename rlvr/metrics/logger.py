@@ -141,7 +141,7 @@ class _Jsonl:
 
     def __init__(self, path: Path, start_step: int) -> None:
         self.path = path
-        _drop_steps_after(path, start_step)
+        self.superseded = _set_aside_steps_after(path, start_step)
         self._file = path.open("a", encoding="utf-8")
 
     def log(self, step: int, values: dict[str, Number]) -> None:
@@ -153,31 +153,60 @@ class _Jsonl:
         self._file.close()
 
 
-def _drop_steps_after(path: Path, start_step: int) -> None:
-    """Make a resumed run's file end at its checkpoint: remove lines with step > start_step (logged
-    after the checkpoint, so they would be ghosts once the steps are redone) and any unparseable
-    line (a write cut short by a crash). Rewritten atomically so a crash here loses nothing."""
+SUPERSEDED_FILE = "metrics.superseded.jsonl"
+
+
+def _set_aside_steps_after(path: Path, start_step: int) -> int:
+    """Make a resumed run's file end at its checkpoint, losing nothing; returns the lines moved.
+
+    Lines with step > start_step were logged after the checkpoint by a run that then died: the
+    resumed run redoes those steps, so in metrics.jsonl they would appear twice. They move, as
+    they were, to metrics.superseded.jsonl (appended, never overwritten), together with any
+    unparseable line (a write cut short by a crash). The side file is written and synced
+    before metrics.jsonl is replaced atomically, so a crash in between duplicates lines at
+    worst."""
     if not path.exists():
-        return
-    kept, dropped = [], False
+        return 0
+    kept, moved = [], []
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
             record = json.loads(line)
             keep = isinstance(record, dict) and record.get("step", math.inf) <= start_step
         except (json.JSONDecodeError, TypeError):
             keep = False
-        if keep:
-            kept.append(line + "\n")
-        else:
-            dropped = True
-    if not dropped:
-        return
+        (kept if keep else moved).append(line + "\n")
+    if not moved:
+        return 0
+    with path.with_name(SUPERSEDED_FILE).open("a", encoding="utf-8") as f:
+        f.writelines(moved)
+        f.flush()
+        os.fsync(f.fileno())
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("w", encoding="utf-8") as f:
         f.writelines(kept)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    return len(moved)
+
+
+def set_aside(path: Path) -> Path | None:
+    """Rename an old run's `path` (file or folder) to a free `<stem>.<time>[-n]<suffix>` next to it.
+
+    For a fresh start in a folder that holds an older run's metrics: metrics.jsonl becomes e.g.
+    metrics.20261204-152629.jsonl (the time it was last written). An existing name is never
+    reused, so nothing is overwritten. Returns the new path, or None when `path` does not exist.
+    """
+    if not path.exists():
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(path.stat().st_mtime))
+    stem, suffix = (path.stem, path.suffix) if path.is_file() else (path.name, "")
+    for n in range(10_000):
+        target = path.with_name(f"{stem}.{stamp}{f'-{n}' if n else ''}{suffix}")
+        if not target.exists():
+            os.rename(path, target)  # the run folder's lock is held: nobody else creates this name meanwhile
+            return target
+    raise FileExistsError(f"no free name to set {path} aside")
 
 
 class _TensorBoard:
@@ -244,7 +273,8 @@ class MetricsLogger:
 
     sinks: any of "console" (progress bar / status lines on stderr), "jsonl"
     (run_dir/metrics.jsonl), "tensorboard" (run_dir/tb) and "wandb". start_step > 0 means a
-    resumed run: the jsonl file and TensorBoard drop what was logged after that step.
+    resumed run: lines logged after that step move from metrics.jsonl to metrics.superseded.jsonl,
+    and TensorBoard hides them.
     """
 
     def __init__(
@@ -273,7 +303,11 @@ class MetricsLogger:
         if "console" in sinks:
             self._sinks.append(_Console(total_steps, start_step, self._stream))
         if "jsonl" in sinks:
-            self._sinks.append(_Jsonl(self.run_dir / "metrics.jsonl", start_step))
+            jsonl = _Jsonl(self.run_dir / "metrics.jsonl", start_step)
+            self._sinks.append(jsonl)
+            if jsonl.superseded:
+                self.write(f"rlvr: {jsonl.superseded} metric line(s) logged after step {start_step} (after its "
+                           f"checkpoint; those steps are redone) moved to {self.run_dir / SUPERSEDED_FILE}")
         if "tensorboard" in sinks:
             self._sinks.append(_TensorBoard(self.run_dir / "tb", start_step))
         if "wandb" in sinks:

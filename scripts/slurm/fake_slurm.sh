@@ -9,9 +9,12 @@
 #
 # With no arguments it trains recipes/quickstart.yaml for 2 steps into a temporary folder and
 # checks that metrics.jsonl has steps 1 and 2. FAKE_SLURM_SIGNAL_AFTER=S sends SIGUSR1 to the batch
-# shell after S seconds, as Slurm's --signal=B:USR1 does before the time limit: the batch script
-# calls `scontrol requeue`, the fake one ends the job, and the job is started again once
-# (SLURM_RESTART_COUNT=1), which should resume from the latest checkpoint.
+# shell after S seconds (FAKE_SLURM_SIGNAL_WHEN=PATH: once PATH is a non-empty file), as Slurm's
+# --signal=B:USR1 does before the time limit. The batch script passes it on with
+# `scancel --signal=USR1` (the fake one signals every process under the fake srun, as Slurm signals
+# every process of the step), rlvr checkpoints and stops, the batch script calls `scontrol requeue`, the
+# fake one ends the job, and the job is started again once (SLURM_RESTART_COUNT=1), which resumes
+# from that checkpoint.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -24,8 +27,9 @@ cat > "$FAKE_SLURM_DIR/bin/scontrol" <<'EOF'
 # scontrol stand-in: `show hostnames a,b` (no bracket ranges) and `requeue JOBID`
 case "$1 ${2:-}" in
     "show hostnames") tr ',' '\n' <<< "$3" ;;
-    "requeue "*)  # like Slurm: record it, then end the job (SIGTERM to the batch shell, our parent)
-        echo "fake scontrol: requeue $2" >&2; echo "$2" >> "$FAKE_SLURM_DIR/requeued"; kill -TERM "$PPID" ;;
+    "requeue "*)  # like Slurm: record it, then end the job (SIGTERM to the batch shell)
+        echo "fake scontrol: requeue $2" >&2; echo "$2" >> "$FAKE_SLURM_DIR/requeued"
+        kill -TERM "$(cat "$FAKE_SLURM_DIR/batch.pid")" ;;
     *) echo "fake scontrol: unsupported: $*" >&2; exit 1 ;;
 esac
 EOF
@@ -33,9 +37,23 @@ cat > "$FAKE_SLURM_DIR/bin/srun" <<'EOF'
 #!/bin/bash
 # srun stand-in for one node: drops srun's options, runs the command as task 0 of node 0
 while [[ $# -gt 0 && $1 == -* ]]; do shift; done
+echo $$ > "$FAKE_SLURM_DIR/step.pid"
 SLURM_NODEID=0 SLURM_PROCID=0 SLURM_LOCALID=0 exec "$@"
 EOF
-chmod +x "$FAKE_SLURM_DIR/bin/scontrol" "$FAKE_SLURM_DIR/bin/srun"
+cat > "$FAKE_SLURM_DIR/bin/scancel" <<'EOF'
+#!/bin/bash
+# scancel stand-in: `scancel --signal=SIG JOBID` signals every process of the job step, as Slurm
+# does through the step's cgroup, whatever their session (torchrun starts workers in new ones)
+[[ ${1:-} == --signal=* && -s $FAKE_SLURM_DIR/step.pid ]] || { echo "fake scancel: unsupported: $*" >&2; exit 1; }
+sig=${1#--signal=}
+pids=$(ps -eo pid=,ppid= | awk -v root="$(cat "$FAKE_SLURM_DIR/step.pid")" '
+    { parent[$1] = $2 }
+    END { for (p in parent) { q = p; while (q != root && q in parent) q = parent[q]; if (q == root) print p } }')
+echo "fake scancel: SIG$sig to the job step's processes" $pids >&2
+# shellcheck disable=SC2086
+kill -s "$sig" $pids 2>/dev/null || true
+EOF
+chmod +x "$FAKE_SLURM_DIR/bin/scontrol" "$FAKE_SLURM_DIR/bin/srun" "$FAKE_SLURM_DIR/bin/scancel"
 
 default_run=0
 if [[ $# -eq 0 ]]; then
@@ -56,16 +74,28 @@ fi
 
 bash "$ROOT/scripts/slurm/train.sbatch" "$@" &
 batch_pid=$!
-if [[ -n ${FAKE_SLURM_SIGNAL_AFTER:-} ]]; then
-    (sleep "$FAKE_SLURM_SIGNAL_AFTER"; kill -USR1 "$batch_pid" 2>/dev/null || true) &
+echo "$batch_pid" > "$FAKE_SLURM_DIR/batch.pid"
+if [[ -n ${FAKE_SLURM_SIGNAL_AFTER:-} || -n ${FAKE_SLURM_SIGNAL_WHEN:-} ]]; then
+    (
+        if [[ -n ${FAKE_SLURM_SIGNAL_WHEN:-} ]]; then
+            while [[ ! -s $FAKE_SLURM_SIGNAL_WHEN ]] && kill -0 "$batch_pid" 2>/dev/null; do sleep 0.2; done
+        else
+            sleep "$FAKE_SLURM_SIGNAL_AFTER"
+        fi
+        echo "fake_slurm: SIGUSR1 to the batch shell, as --signal=B:USR1 before the time limit"
+        kill -USR1 "$batch_pid" 2>/dev/null || true
+    ) &
 fi
 status=0
 wait "$batch_pid" || status=$?
 if [[ -s $FAKE_SLURM_DIR/requeued ]]; then   # the job asked to be requeued: start it again, as Slurm would
     echo "fake_slurm: job ended with $status after a requeue request; starting it again"
-    rm -f "$FAKE_SLURM_DIR/requeued"
+    rm -f "$FAKE_SLURM_DIR/requeued" "$FAKE_SLURM_DIR/step.pid"
     status=0
-    SLURM_RESTART_COUNT=$((SLURM_RESTART_COUNT + 1)) bash "$ROOT/scripts/slurm/train.sbatch" "$@" || status=$?
+    SLURM_RESTART_COUNT=$((SLURM_RESTART_COUNT + 1)) bash "$ROOT/scripts/slurm/train.sbatch" "$@" &
+    batch_pid=$!
+    echo "$batch_pid" > "$FAKE_SLURM_DIR/batch.pid"
+    wait "$batch_pid" || status=$?
 fi
 [[ $status == 0 ]] || { echo "fake_slurm: train.sbatch exited with $status" >&2; exit "$status"; }
 

@@ -44,6 +44,16 @@ case ${RLVR_LAUNCHER:-torchrun} in
         ;;
 esac
 
+# Stopping: before the time limit train.sbatch sends SIGUSR1 to every process of the job step.
+# rlvr's processes handle it (checkpoint at the end of the step, then exit). torchrun must not die
+# of it: it ignores it (inherited from here), or, where torchrun supports it (torch >= 2.9,
+# PET_SIGNALS_TO_HANDLE), relays it to its workers, which covers clusters whose Slurm reaches only
+# the launcher. For SIGTERM/SIGINT/SIGUSR1 torchrun kills its workers after
+# TORCH_ELASTIC_SHUTDOWN_TIMEOUT seconds (default 30): allow a step plus a checkpoint instead.
+trap '' USR1
+export PET_SIGNALS_TO_HANDLE=${PET_SIGNALS_TO_HANDLE:-SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1}
+export TORCH_ELASTIC_SHUTDOWN_TIMEOUT=${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-300}
+
 echo "rlvr: node $NODE_RANK ($(hostname -s)): ${CMD[*]}"
 if [[ ${RLVR_DRY_RUN:-0} == 1 ]]; then
     exit 0

@@ -54,7 +54,9 @@ def test_jsonl_records_converted_values_and_flushes_each_call(tmp_path: Path) ->
     logger.close()  # twice is fine
 
 
-def test_jsonl_resume_drops_steps_after_start_and_broken_lines(tmp_path: Path) -> None:
+def test_jsonl_resume_sets_aside_steps_after_start_and_broken_lines(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     with MetricsLogger(tmp_path, sinks=["jsonl"], total_steps=10) as logger:
         for step in range(1, 6):
             logger.log(step, {"reward/total/mean": step})
@@ -62,8 +64,14 @@ def test_jsonl_resume_drops_steps_after_start_and_broken_lines(tmp_path: Path) -
     path = tmp_path / "metrics.jsonl"
     with path.open("a") as f:
         f.write('{"step": 6, "reward/to')  # a write cut short by a crash
+    original = path.read_text().splitlines()
+    side = tmp_path / "metrics.superseded.jsonl"
+    side.write_text('{"step": 9, "from": "an earlier resume"}\n')
 
     with MetricsLogger(tmp_path, sinks=["jsonl"], total_steps=10, start_step=3) as logger:
+        # nothing is lost: the lines after the checkpoint's step are appended to the side file, as they were
+        assert side.read_text().splitlines() == ['{"step": 9, "from": "an earlier resume"}', *original[3:5], original[6]]
+        assert "3 metric line(s) logged after step 3" in capsys.readouterr().err
         assert [r["step"] for r in read_jsonl(path)] == [1, 2, 3, 3]
         logger.log(4, {"reward/total/mean": 40})
     records = read_jsonl(path)
