@@ -34,10 +34,12 @@ and each worker re-runs the script's top-level imports (the fork server of CPyth
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import faulthandler
 import math
 import multiprocessing
+import multiprocessing.util
 import os
 import re
 import shutil
@@ -51,6 +53,7 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
+from weakref import WeakSet
 
 import rlvr.reward.builtins  # noqa: F401  (registers the built-ins that workers resolve by name)
 from rlvr.registry import REWARD
@@ -121,6 +124,34 @@ class _Retire(BaseException):
     """Ends a worker's chunk early once it passed a limit; not an Exception, so nothing swallows it."""
 
 
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+
+
+def _ignore_stop_signals() -> None:
+    """Ctrl-C and a scheduler's SIGTERM/SIGUSR1 (sent to every process of the job) are the trainer's
+    to handle: it finishes the step, checkpoints and stops the pool. A worker or fork server dying
+    on them would zero the rest of the step the trainer is about to checkpoint. The trainer's end
+    still ends them: its pools are killed at exit (_kill_workers_at_exit), the fork server exits
+    when the trainer does, and the kernel then kills the workers (_die_with_parent)."""
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def _in_fork_server() -> bool:
+    """True while multiprocessing's fork server imports this module (its preload)."""
+    frame = sys._getframe()
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "main" and code.co_filename.endswith(os.path.join("multiprocessing", "forkserver.py")):
+            return True
+        frame = frame.f_back
+    return False
+
+
+if _in_fork_server():  # the fork server outlives a worker: it must not die on the job's SIGTERM either
+    _ignore_stop_signals()
+
+
 def _die_with_parent() -> None:
     """Linux: have the kernel kill this worker when its parent (the fork server, which exits with
     the trainer) dies, so that a worker stuck in C code does not outlive a killed trainer."""
@@ -144,7 +175,7 @@ def _worker_main(conn: Connection, progress: Any, jobs: list[Job], base_dir: str
     per sample.
     """
     global _crash_log
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the trainer's to handle; it closes the pool
+    _ignore_stop_signals()
     _die_with_parent()
     _crash_log = open(crash_log, "w")  # faulthandler writes to it until the process ends
     faulthandler.enable(_crash_log)  # a segfault leaves the reward's line here for the parent to read
@@ -280,6 +311,15 @@ def _context() -> Any:
     return ctx
 
 
+_live_pools: WeakSet[WorkerPool] = WeakSet()
+
+
+@atexit.register  # registered after multiprocessing's own exit hook, so it runs first: that hook
+def _kill_workers_at_exit() -> None:  # would SIGTERM the workers (which ignore it) and join them forever
+    for pool in list(_live_pools):
+        pool.terminate()
+
+
 class WorkerPool:
     """`workers` processes that score the given jobs; started on first use, reused across steps."""
 
@@ -304,6 +344,7 @@ class WorkerPool:
         if not self._workers:
             ctx = _context()
             self._workers = [self._launch(ctx) for _ in range(self._size)]
+            _live_pools.add(self)
 
     def submit(self, prompts: list[str], completions: list[str], rows: list[dict[str, Any]]) -> None:
         """Start scoring a step's samples with every job; `gather` collects the outcomes."""
@@ -392,8 +433,13 @@ class WorkerPool:
         process = ctx.Process(target=_worker_main, name="rlvr-reward-worker", daemon=True,
                               args=(child, progress, self._jobs, self._base_dir, self._timeout_s, self._limits,
                                     str(log)))
-        process.start()
-        child.close()
+        try:
+            process.start()
+        except (OSError, EOFError) as e:  # the fork server is gone (killed, out of memory)
+            parent.close()
+            self._start_failed(f"could not start a worker process: {type(e).__name__}: {e}")
+        finally:
+            child.close()
         return _Worker(process, parent, log, time.monotonic(), progress=progress)
 
     def _replace(self, w: _Worker) -> None:

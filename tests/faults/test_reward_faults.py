@@ -86,6 +86,13 @@ def pid(prompt, completion, row):
     return float(os.getpid())
 
 
+def slow_pid(prompt, completion, row):
+    import time
+
+    time.sleep(0.1)
+    return float(os.getpid())
+
+
 def segfaults_on_3_and_7(prompt, completion, row):
     """For `rlvr train` on the quickstart task: every sample of a prompt whose answer is 3 or 7 crashes."""
     if row["answer"] in ("3", "7"):
@@ -230,6 +237,52 @@ def test_abort_stops_at_the_first_failure(bad, fn, cause):
     assert "Completion: 'completion " in message and "reward.on_failure is 'abort'" in message
     assert isinstance(info.value, RlvrError) and isinstance(info.value, RuntimeError)  # a user-facing error
     assert not _reward_workers_alive()
+
+
+SIGTERM_SCRIPT = """
+import json, os, signal, sys, threading
+from rlvr.reward import RewardRunner, RewardSpec
+
+def main():
+    stops = []
+    signal.signal(signal.SIGTERM, lambda *_: stops.append(1))  # as a trainer would: finish the step first
+    runner = RewardRunner([RewardSpec(sys.argv[1], isolate=True)], workers=2)
+    threading.Timer(0.5, os.killpg, (0, signal.SIGTERM)).start()  # a scheduler signals the whole group
+    res = runner.score([""] * 16, ["x"] * 16, [{}] * 16)  # 16 x 0.1 s on 2 workers: signalled mid-step
+    print(json.dumps({"stops": len(stops), "pids": res.components["slow_pid"].tolist(),
+                      "failures": res.metrics["reward/slow_pid/failures"]}))
+    # no runner.close(): leaving must still end the workers, and not hang
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+def test_sigterm_to_the_process_group_leaves_the_step_whole(bad, tmp_path):
+    """Slurm-style SIGTERM to every process of the run, mid-step: the trainer decides when to stop;
+    the reward workers finish the step's samples, and end with the trainer (no hang, no orphan)."""
+    script = tmp_path / "score_then_exit.py"
+    script.write_text(SIGTERM_SCRIPT)
+    proc = subprocess.run([sys.executable, str(script), bad("slow_pid")], capture_output=True, text=True,
+                          timeout=60, start_new_session=True, cwd=tmp_path)
+    report = f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, report
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["stops"] == 1 and got["failures"] == 0.0, report
+    workers = {int(p) for p in got["pids"]}
+    assert len(workers) == 2 and 0 not in workers, report
+    deadline = time.monotonic() + 5
+    while any(_alive(p) for p in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(p) for p in workers), f"reward workers outlived the trainer\n{report}"
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 @pytest.fixture(scope="module")
