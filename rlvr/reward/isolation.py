@@ -205,8 +205,9 @@ def _worker_main(conn: Connection, progress: Any, jobs: list[Job], base_dir: str
 def _score_chunk(conn: Connection, progress: Any, fn: Any, spec: Job, job: int, start: int, prompts: list[str],
                  completions: list[str], rows: list[dict[str, Any]], timeout_s: float, limits: Limits,
                  tasks: int) -> tuple[int, bool]:
-    """Score one chunk and send its results in a few messages (see _FLUSH_SAMPLES). Returns the worker's task count and whether it
-    passed a limit (then its last message carried the Recycle and it must exit)."""
+    """Score one chunk and send its results in a few messages (see _FLUSH_SAMPLES). Returns the
+    worker's task count and whether it passed a limit (then its last message carried the Recycle
+    and it must exit)."""
     stop = start + len(completions)
     retire: Recycle | None = None
     pending: list[tuple[Any, ...]] = []
