@@ -258,6 +258,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.slow  # a fresh interpreter imports torch and starts a fork server: ~6 s
 def test_sigterm_to_the_process_group_leaves_the_step_whole(bad, tmp_path):
     """Slurm-style SIGTERM to every process of the run, mid-step: the trainer decides when to stop;
     the reward workers finish the step's samples, and end with the trainer (no hang, no orphan)."""
