@@ -109,8 +109,9 @@ def check_nonfinite_advantages(window: list[Record], threshold: float) -> tuple[
     return None
 
 
-# A policy this accurate over the window has converged: near-zero entropy is then the goal, not a collapse.
-CONVERGED_ACCURACY = 0.99
+# A policy this accurate over the window is converging: near-zero entropy is then the goal, not a
+# collapse (the healthy quickstart ends at entropy ~0.01 nats with accuracy 0.985-0.998 per 50 steps).
+CONVERGED_ACCURACY = 0.9
 
 
 def check_policy_collapse(window: list[Record], threshold: float) -> tuple[float, str] | None:

@@ -16,11 +16,18 @@ from accelerate.utils import gather_object, set_seed
 
 from rlvr import build
 from rlvr.advantage.filters import concat_scored, informative_groups, select_groups
+from rlvr.alarms import Alarms
 from rlvr.buffer import as_batch
 from rlvr.config import Config, to_yaml
 from rlvr.config.preflight import check_prompt_lengths
 from rlvr.eval import evaluate
-from rlvr.learner.checkpoint import load_checkpoint_state, resolve_resume, save_checkpoint, set_rng_state
+from rlvr.learner.checkpoint import (
+    list_checkpoints,
+    load_checkpoint_state,
+    resolve_resume,
+    save_checkpoint,
+    set_rng_state,
+)
 from rlvr.learner.policy_loss import kl_in_reward
 from rlvr.lifecycle import (
     CheckpointClock,
@@ -93,7 +100,9 @@ def _train(cfg: Config, base_dir: Path | None, acc, signals: StopSignals) -> Pat
     learner = build.make_learner(cfg, model, ref_model, acc, plugins, pad_id=tokenizer.pad_token_id)
     engine = build.make_engine(cfg, learner, tokenizer, ckpt / "model" if ckpt else policy_path, acc)
     sync_every, sync_tolerance = build.sync_check(cfg)
-    stateful = {"sampler": sampler, "allocator": allocator, "advantage": estimator, "learner": learner}
+    alarms = Alarms(cfg.alarms)  # watches the reduced metrics of every step (rlvr/alarms.py)
+    stateful = {"sampler": sampler, "allocator": allocator, "advantage": estimator, "learner": learner,
+                "alarms": alarms}
     stratum_fn = load_object(cfg.rollout.stratum, base_dir) if cfg.rollout.stratum else None
 
     start = 0
@@ -207,7 +216,7 @@ def _train(cfg: Config, base_dir: Path | None, acc, signals: StopSignals) -> Pat
 
         # 4 + 5. pack into micro-batches and update the policy; 6. the engine gets the new weights
         t4 = time.perf_counter()
-        learn_metrics = learner.step(adv_batch)
+        learn_metrics = learner.step(adv_batch, step=step)
         t5 = time.perf_counter()
         check = sync_every and step % sync_every == 0
         learn_metrics.update(sync_weights(probe_sequence(rollouts) if check else None))
@@ -231,6 +240,8 @@ def _train(cfg: Config, base_dir: Path | None, acc, signals: StopSignals) -> Pat
         # every process agrees on the stop and time-based checkpoint flags in the metrics' gather
         control = {"signal": signals.received or 0, "clock": int(rank == 0 and clock.due())}
         metrics, control = _reduce_step(metrics, control, world)
+        # the reduced metrics are the same on every process, and so are the alarms' and the guard's verdicts
+        stop = _watch(step, metrics, alarms, learner.guard, logger, run_dir) or stop
         logger.log(step, metrics)
         if stop is None and control["signal"] and step < cfg.run.steps:  # at the last step: just finish
             stop = signal_stop(int(control["signal"]))
@@ -238,8 +249,12 @@ def _train(cfg: Config, base_dir: Path | None, acc, signals: StopSignals) -> Pat
         if cfg.eval.every and step % cfg.eval.every == 0:
             run_eval(step)
         saved = None
-        if ((cfg.checkpoint.every and step % cfg.checkpoint.every == 0) or control["clock"]
-                or (step == cfg.run.steps and cfg.checkpoint.at_end) or (stop is not None and stop.checkpoint)):
+        # no periodic checkpoint of weights that the step's non-finite update makes suspect (the guard's
+        # streak): it could push the last good one out; the next clean step writes it (the clock stays due)
+        periodic = learner.guard.streak == 0 and (
+            (cfg.checkpoint.every and step % cfg.checkpoint.every == 0) or control["clock"])
+        due = periodic or (step == cfg.run.steps and cfg.checkpoint.at_end)
+        if (due if stop is None else stop.checkpoint):  # a stop decides: saved unless its weights are suspect
             saved = checkpoint(step)
         if stop is not None:
             logger.close()
@@ -277,7 +292,8 @@ def collect(sampler, allocator, engine, rewards, prompts, params, sc, rank: int,
         batch = PromptBatch([prompts[i] for i in chosen[mine]], counts[mine])
         scored = score_rollouts(rewards, engine.generate(batch, params))
         local = list(chosen[mine])
-        metrics = metrics or dict(scored.metrics)
+        # the first round's reward metrics, with the number of samples they count (for the reward_failures alarm)
+        metrics = metrics or {**scored.metrics, "reward/samples": float(len(scored.rollouts))}
         last_round = scored, local
         rounds += 1
         generated += len(local)
@@ -399,6 +415,30 @@ def rollout_metrics(ro: Rollouts) -> dict[str, float]:
 def _train_tokens(ro: Rollouts) -> float:
     prompt_tokens = sum(len(ro.prompts[int(g)].token_ids) for g in ro.group)
     return float(prompt_tokens + ro.lengths.sum())
+
+
+def _watch(step: int, metrics: dict[str, float], alarms: Alarms, guard, logger: MetricsLogger,
+           run_dir: Path) -> StopRequest | None:
+    """The step's alarms and non-finite updates: warning lines, alarm/<name> = 1.0 into `metrics`
+    while an alarm fires, and the stop request of a `stop` alarm or of too many non-finite steps."""
+    stop = None
+    for firing in alarms.update(step, metrics):
+        metrics[f"alarm/{firing.name}"] = 1.0
+        if firing.action == "stop":
+            stop = stop or StopRequest(firing.message, how_to_go_on=f"to train on regardless, resume with "
+                                       f"{firing.silence} (or =warn)")
+        elif firing.first:  # one line per firing episode
+            logger.write(f"warning: {firing.message}; silence it with {firing.silence}")
+    if line := guard.warning():
+        logger.write(f"warning: {line}")
+    if stop is None and guard.should_stop:
+        # no checkpoint now: these are the weights of the last applied update, which may be what went wrong
+        last = [p for s, p in list_checkpoints(run_dir) if s < step]
+        newest = f"the newest is {last[-1]}, holding" if last else "there is none yet; the run holds"
+        stop = StopRequest(guard.stop_message(), checkpoint=False, how_to_go_on=(
+            f"{newest} the weights of the last applied update, which may be what broke them (a learning rate "
+            "too high, for one): resume from it or an earlier one with a lower learner.lr"))
+    return stop
 
 
 def _average(parts: list[dict[str, float]]) -> dict[str, float]:
