@@ -221,6 +221,10 @@ class StopSignals:
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():  # signal.signal works nowhere else
             for signum in STOP_SIGNALS:
+                # an ignored SIGINT stays ignored (what Python itself does: `cmd &` in a script must not
+                # stop on the terminal's Ctrl-C); SIGUSR1 is ignored on purpose by launch.sh, for torchrun
+                if signum == signal.SIGINT and signal.getsignal(signum) == signal.SIG_IGN:
+                    continue
                 self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
