@@ -143,7 +143,8 @@ def check_mismatch(window: list[Record], threshold: float) -> tuple[float, str] 
 _CHECKS: dict[str, tuple[Callable[[dict[str, float]], Record | None],
                          Callable[[list[Record], float], tuple[float, str] | None], str]] = {
     "zero_reward": (_reward_record, check_zero_reward,
-                    "check the reward function against a few completions (answer field, format, stop strings)"),
+                    "score a few completions by hand (answer field, format, stop strings); if learner/entropy "
+                    "fell to ~0 the policy collapsed instead: lower learner.lr"),
     "reward_failures": (_failure_record, check_reward_failures,
                         "the reward's own error is in the warnings above; fix it or raise reward.timeout_s"),
     "nonfinite_advantages": (_single("advantage/nonfinite_frac"), check_nonfinite_advantages,

@@ -53,7 +53,7 @@ def test_killed_run_resumes_to_identical_steps(tmp_path, models_dir, monkeypatch
     (tmp_path / "resumed" / "checkpoints" / ".tmp-step_0000003").mkdir()
     calls = []
     real_step = Learner.step
-    monkeypatch.setattr(Learner, "step", lambda self, batch: calls.append(1) or real_step(self, batch))
+    monkeypatch.setattr(Learner, "step", lambda self, batch, **kw: calls.append(1) or real_step(self, batch, **kw))
     resumed = run_recipe(RECIPE, tmp_path / "resumed", models_dir, *OVERRIDES)
     assert len(calls) == 2  # steps 3 and 4 only: it resumed, it did not start over
 
