@@ -1,7 +1,10 @@
-"""Every recipe under recipes/debug/ runs two steps end to end and produces sane numbers."""
+"""Every recipe under recipes/ and recipes/debug/ runs end to end, produces sane numbers, and
+shows the number it switches on (SWITCHED_ON: KL > 0 with KL on, GVM's allocation metrics with
+GVM, ...). A recipe without an entry in SWITCHED_ON fails test_every_recipe_has_a_check."""
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -10,10 +13,97 @@ import torch
 from tests.integration.conftest import ROOT, run_recipe
 
 DEBUG = sorted((ROOT / "recipes" / "debug").glob("*.yaml"))
-# every method recipe (SmolLM2 needs its converted model: scripts/prepare_smollm2.py)
+# every method recipe (SmolLM2 needs its converted model: scripts/prepare_smollm2.py); the vllm
+# recipes are covered by tests/integration/test_vllm_engine.py and tests/faults/test_resume_kill.py
 METHODS = sorted(p for p in (ROOT / "recipes").glob("*.yaml") if not p.name.startswith("smollm2"))
 # GVM's recipe starts estimating at step 150; the short runs start it at once so stage 1 is exercised
-EXTRA = {"gvm": ["sampling.allocator.start_step=1", "sampling.allocator.estimate_every=1"]}
+# (its stage 1 samples and back-propagates every training prompt: 24 instead of 200 keep it to seconds)
+EXTRA = {"gvm": ["sampling.allocator.start_step=1", "sampling.allocator.estimate_every=1",
+                 "data.train.args.num_rows=24", "sampling.prompts_per_step=8"]}
+# The method recipes' exact-match reward is almost never earned by the random tiny model: every
+# group would be all-zero, every advantage 0 and every method-specific check vacuous. Their smoke
+# runs score "the reply holds a digit 0-2" instead (earned ~60% of the time), so groups vary.
+VARIED_REWARD = ["reward.functions=[{name: format, kwargs: {pattern: '.*[0-2].*'}}]"]
+# debug recipes that need more than their 2 steps to show their number
+DEBUG_EXTRA = {"dr_grpo_kl_reward": ["run.steps=3"]}  # step 1 earns no reward: the policy first moves at 2
+
+
+def name(recipe: Path) -> str:
+    return f"debug/{recipe.stem}" if recipe.parent.name == "debug" else recipe.stem
+
+
+def _all(key: str, ok: Callable[[float], bool]) -> Callable[[list[dict]], bool]:
+    """Every training line has `key` and its value passes `ok`."""
+    return lambda rows: all(key in r and r[key] is not None and ok(r[key]) for r in rows)
+
+
+def _centred(bound: float) -> Callable[[list[dict]], bool]:
+    """Advantages that vary, sum to ~0 over the batch (group-centred) and stay within +-bound."""
+    return lambda rows: all(r["advantage/std"] > 0 and abs(r["advantage/mean"]) < 1e-5
+                            and max(r["advantage/max"], -r["advantage/min"]) <= bound + 1e-6 for r in rows)
+
+
+def _unit(x: float) -> bool:
+    return 0.0 <= x <= 1.0
+
+
+# recipe -> (what it switches on, predicate on its training lines in step order). G = 8 samples.
+SWITCHED_ON: dict[str, tuple[str, Callable[[list[dict]], bool]]] = {
+    "quickstart": ("GRPO: group-centred advantages that vary", _centred(math.inf)),
+    "rloo": ("RLOO: |A| <= G/(G-1) (leave-one-out baseline), centred, varying", _centred(8 / 7)),
+    "dr_grpo": ("Dr. GRPO: no std division, so |A| <= 1 with rewards in [0, 1]", _centred(1.0)),
+    "bnpo": ("BNPO's fitted Beta parameters, and the dual clip's fraction",
+             lambda rows: _all("advantage/bnpo_alpha", lambda x: x > 0)(rows)
+             and _all("advantage/bnpo_beta", lambda x: x > 0)(rows) and _all("learner/dual_clip_frac", _unit)(rows)),
+    "delta_l": ("ΔL length weights around 1 (normalised over the batch)",
+                lambda rows: all(0 < r["advantage/length_weight_min"] <= 1 <= r["advantage/length_weight_max"]
+                                 for r in rows)),
+    "stratified": ("the stratum function splits groups into several strata",
+                   _all("advantage/num_strata", lambda x: x > 1)),
+    "dapo": ("dynamic sampling: dropped fraction in [0, 1], every trained group informative",
+             lambda rows: _all("sampling/dropped_frac", _unit)(rows) and _all("advantage/zero_std_frac",
+                                                                              lambda x: x == 0)(rows)),
+    "spo": ("SPO tracker: initialised offline, tracking every prompt",
+            lambda rows: rows[0].get("advantage/spo_offline_prompts", 0) > 0
+            and all(r["advantage/spo_tracked_prompts"] == rows[0]["advantage/spo_offline_prompts"] for r in rows)
+            and _all("advantage/spo_rho_mean", lambda x: 0 < x <= 1)(rows)),
+    "vas": ("VAS scoring pass at step 1: VPS in [0, 1], not every weight zero",
+            lambda rows: _unit(rows[0]["sampling/vas_vps_mean"]) and rows[0]["sampling/vas_zero_weight_frac"] < 1),
+    "vade": ("VADE posteriors: the seen fraction grows, posterior means in (0, 1)",
+             lambda rows: 0 < rows[0]["sampling/vade_seen_frac"] < rows[-1]["sampling/vade_seen_frac"]
+             and _all("sampling/vade_posterior_mean", lambda x: 0 < x < 1)(rows)),
+    "gvm": ("GVM re-estimates every step from step 1 and allocates samples",
+            lambda rows: [r.get("sampling/gvm_iteration") for r in rows] == [1.0, 2.0]
+            and _all("sampling/gvm_samples_max", lambda x: x >= 1)(rows)
+            and _all("sampling/gvm_zero_frac", _unit)(rows)),
+    "debug/grpo_kl_loss": ("KL in the loss > 0; 2 mini-batches x 2 epochs, so later updates are off-policy "
+                           "(ppo_kl != 0; one on-policy update gives exactly 0); dual clip; cosine decay",
+                           lambda rows: _all("learner/kl", lambda x: x > 0)(rows)
+                           and _all("learner/ppo_kl", lambda x: x != 0)(rows)
+                           and _all("learner/dual_clip_frac", _unit)(rows)
+                           and rows[-1]["learner/lr"] < rows[0]["learner/lr"]),
+    "debug/dr_grpo_kl_reward": ("KL (k1, in the reward) is 0 while the policy is the reference, non-zero once "
+                                "it moved", lambda rows: rows[0]["learner/kl"] == 0 and rows[-1]["learner/kl"] != 0),
+    "debug/dynamic_sampling": ("dynamic sampling: dropped fraction in [0, 1], every trained group informative",
+                               lambda rows: _all("sampling/dropped_frac", _unit)(rows)
+                               and _all("advantage/zero_std_frac", lambda x: x == 0)(rows)),
+    "debug/math_isolated": ("the math verifier (worker processes) and the user's reward from a file both scored "
+                            "every sample, and the user's own metric arrived",
+                            lambda rows: _all("reward/math/mean", _unit)(rows)
+                            and _all("reward/math/failures", lambda x: x == 0)(rows)
+                            and _all("reward/brevity/failures", lambda x: x == 0)(rows)
+                            and _all("reward/brevity/chars", lambda x: x >= 0)(rows)),
+}
+
+
+def test_every_recipe_has_a_check():
+    """A new recipe must say which number proves its switch is on."""
+    assert sorted(SWITCHED_ON) == sorted(name(p) for p in METHODS + DEBUG)
+
+
+def check_switched_on(recipe: Path, rows: list[dict]) -> None:
+    what, ok = SWITCHED_ON[name(recipe)]
+    assert ok(rows), f"{name(recipe)}: {what}: not seen in\n" + "\n".join(json.dumps(r) for r in rows)
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -23,10 +113,12 @@ def read_metrics(run_dir: Path) -> list[dict]:
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", DEBUG, ids=[p.stem for p in DEBUG])
 def test_debug_recipe_two_steps(recipe, tmp_path, models_dir):
-    run_dir = run_recipe(recipe, tmp_path / "run", models_dir)
+    extra = DEBUG_EXTRA.get(recipe.stem, [])
+    run_dir = run_recipe(recipe, tmp_path / "run", models_dir, *extra)
     rows = read_metrics(run_dir)
     train_rows = [r for r in rows if "learner/loss" in r]
-    assert [r["step"] for r in train_rows] == [1, 2]
+    assert [r["step"] for r in train_rows] == [1, 2, 3][: 3 if extra else 2]
+    check_switched_on(recipe, train_rows)
     for r in train_rows:
         assert math.isfinite(r["learner/loss"]) and math.isfinite(r["learner/grad_norm"])
         assert 0.0 <= r["reward/accuracy"] <= 1.0
@@ -82,13 +174,15 @@ def test_dynamic_sampling_keeps_only_informative_groups(tmp_path, models_dir):
 @pytest.mark.parametrize("recipe", METHODS, ids=[p.stem for p in METHODS])
 def test_method_recipe_two_steps(recipe, tmp_path, models_dir):
     run_dir = run_recipe(recipe, tmp_path / "run", models_dir, "run.steps=2", "eval.every=2", "eval.max_prompts=8",
-                         "checkpoint.every=1", "metrics.sinks=[jsonl]", "metrics.plot=false", *EXTRA.get(recipe.stem, []))
+                         "checkpoint.every=1", "metrics.sinks=[jsonl]", "metrics.plot=false", *VARIED_REWARD,
+                         *EXTRA.get(recipe.stem, []))
     rows = read_metrics(run_dir)
     train_rows = [r for r in rows if "learner/loss" in r]
     assert [r["step"] for r in train_rows] == [1, 2]
     for r in train_rows:
         assert math.isfinite(r["learner/loss"]) and math.isfinite(r["learner/grad_norm"])
         assert math.isfinite(r["advantage/mean"]) and math.isfinite(r["advantage/std"])
+    check_switched_on(recipe, train_rows)
     assert [r["step"] for r in rows if "eval/accuracy" in r] == [0, 2]
     assert (run_dir / "checkpoints" / "step_0000002" / "state.pt").is_file()
 
