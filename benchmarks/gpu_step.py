@@ -5,7 +5,7 @@
     python benchmarks/gpu_step.py --shape tiny --steps 2 --warmup 1 --samples 4 \\
         --prompt-tokens 16 --response-tokens 16                     # CPU smoke test, a few seconds
 
-What runs is `rlvr.learner.Learner`, built as rlvr/build.py builds it: the accelerator of
+What runs is `rlvr.learner.Learner`, built as rlvr/run/build.py builds it: the accelerator of
 `learner.strategy: auto` / `mixed_precision: auto` (bf16 autocast on a CUDA GPU with bf16, fp32 on
 CPU), the `ppo_clip` policy loss and `token_mean` aggregation from the registries, AdamW, max grad
 norm 1, one mini-batch and one epoch per step, no KL (rlvr's defaults). The model is built from a

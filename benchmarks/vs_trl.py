@@ -70,7 +70,7 @@ def load_setup(name: str, model_path: Path | None = None, extra: list[str] = ())
 def model_path(name: str, work: Path) -> Path | None:
     """The setup's model folder: the tiny model is built in `work` exactly as the recipe builds it;
     a converted model is looked up in models/. None when it is missing."""
-    from rlvr import build
+    from rlvr.run import build
 
     cfg = load_setup(name)
     if cfg.model.build_tiny is not None:
@@ -105,7 +105,7 @@ def run_rlvr(name: str, model: Path, engine: str, steps: int, work: Path) -> dic
 
 def trl_dataset(cfg, tok) -> list[dict]:
     """rlvr's training prompts in TRL's format; checks that both sides see the same token ids."""
-    from rlvr import build
+    from rlvr.run import build
 
     prompts, _ = build.load_prompt_set(cfg, cfg.data.train, tok, RECIPES)
     d = cfg.data
@@ -131,7 +131,7 @@ def run_trl(name: str, model: Path, steps: int, work: Path) -> dict:
     from trl import GRPOConfig, GRPOTrainer
 
     import rlvr.plugins  # noqa: F401  (registers the built-in rewards)
-    from rlvr import build
+    from rlvr.run import build
     from rlvr.registry import REWARD
 
     cfg = load_setup(name, model)

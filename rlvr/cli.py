@@ -115,7 +115,7 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "eval":
         cfg = load_config(args.recipe, args.overrides)
-        from rlvr.standalone_eval import eval_model
+        from rlvr.eval.standalone import eval_model
 
         print(json.dumps(eval_model(args.model_dir, cfg, base_dir), indent=2))
         return 0

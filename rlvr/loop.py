@@ -14,13 +14,13 @@ from pathlib import Path
 import torch
 from accelerate.utils import gather_object, set_seed
 
-from rlvr import build
+from rlvr.run import build
 from rlvr.advantage.filters import concat_scored, informative_groups, select_groups
-from rlvr.alarms import Alarms
+from rlvr.run.alarms import Alarms
 from rlvr.buffer import as_batch
 from rlvr.config import Config, to_yaml
 from rlvr.config.preflight import check_prompt_lengths
-from rlvr.eval import evaluate
+from rlvr.eval.evaluate import evaluate
 from rlvr.learner.checkpoint import (
     list_checkpoints,
     load_checkpoint_state,
@@ -29,7 +29,7 @@ from rlvr.learner.checkpoint import (
     set_rng_state,
 )
 from rlvr.learner.policy_loss import kl_in_reward
-from rlvr.lifecycle import (
+from rlvr.run.lifecycle import (
     CheckpointClock,
     SignalStopped,
     StopRequest,
@@ -42,11 +42,11 @@ from rlvr.lifecycle import (
 from rlvr.metrics import MetricsLogger, tensor_stats
 from rlvr.metrics.logger import set_aside
 from rlvr.registry import load_object
-from rlvr.resume_policy import apply_optimizer_changes, change_lines, check_resume
+from rlvr.run.resume_policy import apply_optimizer_changes, change_lines, check_resume
 from rlvr.reward import score_rollouts
 from rlvr.rollout import SamplingParams
 from rlvr.rollout.sync import probe_sequence, push_and_verify
-from rlvr.services import Services
+from rlvr.run.services import Services
 from rlvr.types import AdvantageBatch, AdvantageInput, PromptBatch, Rollouts, ScoredRollouts, StepOutcome
 
 
@@ -100,7 +100,7 @@ def _train(cfg: Config, base_dir: Path | None, acc, signals: StopSignals) -> Pat
     learner = build.make_learner(cfg, model, ref_model, acc, plugins, pad_id=tokenizer.pad_token_id)
     engine = build.make_engine(cfg, learner, tokenizer, ckpt / "model" if ckpt else policy_path, acc)
     sync_every, sync_tolerance = build.sync_check(cfg)
-    alarms = Alarms(cfg.alarms)  # watches the reduced metrics of every step (rlvr/alarms.py)
+    alarms = Alarms(cfg.alarms)  # watches the reduced metrics of every step (rlvr/run/alarms.py)
     stateful = {"sampler": sampler, "allocator": allocator, "advantage": estimator, "learner": learner,
                 "alarms": alarms}
     stratum_fn = load_object(cfg.rollout.stratum, base_dir) if cfg.rollout.stratum else None

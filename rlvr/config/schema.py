@@ -243,7 +243,7 @@ class MetricsConfig(Section):
 
 
 class AlarmConfig(Section):
-    """One alarm: it fires when its condition holds over the last `window` steps (see rlvr/alarms.py).
+    """One alarm: it fires when its condition holds over the last `window` steps (see rlvr/run/alarms.py).
     warn: one line when it starts firing, and alarm/<name> = 1 in the metrics while it does; stop:
     checkpoint and exit non-zero with a message; off: not watched."""
 

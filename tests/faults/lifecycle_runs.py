@@ -96,7 +96,7 @@ def each_once(steps: list[int]) -> bool:
 def build_tiny(models: Path) -> Path:
     """The quickstart's tiny model, built once before any test process starts (so two processes
     never build it at the same time)."""
-    from rlvr import build
+    from rlvr.run import build
     from rlvr.config import load_config
 
     cfg = load_config(RECIPE, [f"model.path={models / 'tiny-digits'}"])

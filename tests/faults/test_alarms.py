@@ -1,4 +1,4 @@
-"""Alarms for silent failures (rlvr/alarms.py): hand-made metric sequences fire each alarm exactly
+"""Alarms for silent failures (rlvr/run/alarms.py): hand-made metric sequences fire each alarm exactly
 when its condition has held for its window, and never on healthy sequences; one real run with a
 reward that always returns 0 stops through the zero_reward alarm with its message and a checkpoint."""
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from rlvr.alarms import Alarms
+from rlvr.run.alarms import Alarms
 from rlvr.config.schema import AlarmsConfig
 
 pytestmark = pytest.mark.faults

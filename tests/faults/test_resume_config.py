@@ -19,7 +19,7 @@ import yaml
 from rlvr.config import load_config
 from rlvr.learner import Learner
 from rlvr.loop import train
-from rlvr.resume_policy import HONOUR, REFUSE, RULES, ResumeConflict, decision, flatten
+from rlvr.run.resume_policy import HONOUR, REFUSE, RULES, ResumeConflict, decision, flatten
 from tests.faults.lifecycle_runs import FAST, RECIPE, build_tiny, step_lines
 
 pytestmark = pytest.mark.faults

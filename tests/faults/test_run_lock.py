@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from rlvr.lifecycle import LOCK_FILE, RunLock, RunLocked, holder_info
+from rlvr.run.lifecycle import LOCK_FILE, RunLock, RunLocked, holder_info
 from rlvr.metrics.logger import set_aside
 from tests.faults.lifecycle_runs import (
     build_tiny,

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from rlvr.lifecycle import StopSignals
+from rlvr.run.lifecycle import StopSignals
 from tests.faults.lifecycle_runs import (
     ROOT,
     build_tiny,

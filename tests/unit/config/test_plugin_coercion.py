@@ -13,7 +13,7 @@ def test_an_override_in_exponent_notation_reaches_the_estimator_as_a_float():
 def test_overrides_of_a_recipe_build_typed_plugins():
     from pathlib import Path
 
-    from rlvr.build import make_plugins
+    from rlvr.run.build import make_plugins
     from rlvr.config import load_config
 
     recipe = Path(__file__).resolve().parents[3] / "recipes" / "quickstart.yaml"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rlvr import build
+from rlvr.run import build
 from rlvr.config import Config
-from rlvr.eval import evaluate
+from rlvr.eval.evaluate import evaluate
 from rlvr.rollout import HFEngine
 
 
