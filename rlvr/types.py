@@ -1,12 +1,15 @@
 """Records that flow between the stages of one training step.
 
-Shape letters (used in every docstring and comment):
-    P  prompts in a step
-    G  samples per prompt (G_j when it varies per prompt)
-    N  samples in the step (N = sum_j G_j)
-    T  response tokens (padded width of a tensor)
-    S  full sequence length (prompt + response) in a micro-batch
-    V  vocabulary size
+Shape letters, defined here once and used in every docstring and comment of the package:
+    P    prompts in a step (one group of samples each; a prompt drawn twice is two groups)
+    G    samples per prompt, i.e. the size of a group
+    G_j  samples of prompt j, when the allocator gives prompts different counts
+    N    samples in the step (N = sum_j G_j, or P * G when all groups have G samples)
+    T    response tokens (the padded width of a response tensor)
+    S    full sequence length (prompt + response) of a micro-batch row
+    V    vocabulary size
+    B    rows of one micro-batch (B <= N)
+A shape is written in brackets, e.g. [N, T]; a Python list of length N is written "N".
 
     prompts --sampling--> PromptBatch --rollout--> Rollouts --reward--> ScoredRollouts
         --advantage--> AdvantageBatch --buffer--> list[MicroBatch] --learner--> metrics
@@ -36,7 +39,7 @@ class PromptBatch:
     """Output of stage 0: which prompts this process generates for, and how many samples each."""
 
     prompts: list[Prompt]  # P
-    samples_per_prompt: list[int]  # P, G_j
+    samples_per_prompt: list[int]  # P, entry j is G_j
 
 
 @dataclass
@@ -44,7 +47,7 @@ class Rollouts:
     """Output of stage 1. Row n of every tensor is sample n; samples of a prompt are contiguous."""
 
     prompts: list[Prompt]  # P
-    group: torch.Tensor  # [N] long, index into `prompts`
+    group: torch.Tensor  # [N] long, index into `prompts` (values in 0..P-1)
     response_ids: torch.Tensor  # [N, T] long, right-padded with the pad id
     response_mask: torch.Tensor  # [N, T] float, 1 on generated tokens (EOS included)
     rollout_logprobs: torch.Tensor  # [N, T] float, log p of each sampled token under the engine
@@ -52,7 +55,8 @@ class Rollouts:
     finish_reason: list[str]  # N, "stop" (EOS or a stop string) or "length"
 
     @property
-    def lengths(self) -> torch.Tensor:  # [N] long
+    def lengths(self) -> torch.Tensor:
+        """[N] long, generated tokens of each sample (EOS included)."""
         return self.response_mask.sum(-1).long()
 
     def __len__(self) -> int:
@@ -90,8 +94,8 @@ class LossNorm:
     depend on how the step's batch is split.
     """
 
-    tokens: float  # sum of response-mask entries
-    sequences: float  # number of samples
+    tokens: float  # sum of the [N, T] response-mask entries of the step
+    sequences: float  # N, the step's number of samples
     max_response_tokens: int  # configured constant (Dr. GRPO), never a tensor width
 
 
@@ -107,13 +111,13 @@ class MicroBatch:
     attention_mask: torch.Tensor  # [B, S] long
     response_ids: torch.Tensor  # [B, T] long, the last T columns of input_ids
     response_mask: torch.Tensor  # [B, T] float
-    advantages: torch.Tensor  # [B]
-    weights: torch.Tensor  # [B]
-    old_logprobs: torch.Tensor | None  # [B, T]
-    ref_logprobs: torch.Tensor | None  # [B, T]
-    rollout_logprobs: torch.Tensor  # [B, T]
+    advantages: torch.Tensor  # [B] float
+    weights: torch.Tensor  # [B] float
+    old_logprobs: torch.Tensor | None  # [B, T] float
+    ref_logprobs: torch.Tensor | None  # [B, T] float
+    rollout_logprobs: torch.Tensor  # [B, T] float
     norm: LossNorm
-    index: torch.Tensor  # [B] long, row of each sample in the step's AdvantageBatch
+    index: torch.Tensor  # [B] long, row (0..N-1) of each sample in the step's AdvantageBatch
 
 
 @dataclass
@@ -145,8 +149,8 @@ class StepOutcome:
     """
 
     step: int
-    prompt_indices: list[int]  # G groups: dataset index of each group's prompt
-    group: torch.Tensor  # [N] long, index into prompt_indices
+    prompt_indices: list[int]  # P, dataset index of each group's prompt
+    group: torch.Tensor  # [N] long, index into prompt_indices (values in 0..P-1)
     prompt_uids: list[str]  # N
     rewards: torch.Tensor  # [N] float (weighted total, before any KL shaping)
     correct: torch.Tensor  # [N] bool

@@ -48,6 +48,12 @@ def plan_micro_batches(prompt_lens: list[int], resp_lens: list[int], rows: list[
 
 
 def make_micro_batch(batch: AdvantageBatch, rows: list[int], norm: LossNorm, pad_id: int) -> MicroBatch:
+    """The B = len(rows) samples `rows` of the step batch as one `MicroBatch`, padded only to their own widths.
+
+    Prompts are left-padded and responses right-padded (to the longest response of these rows, at
+    least 1), so S = longest prompt + T. Example: prompts [5] and [6, 7], responses 2 and 1 tokens
+    -> input_ids [[pad, 5, r, r], [6, 7, r, pad]], T = 2, S = 4.
+    """
     ro = batch.scored.rollouts
     idx = torch.tensor(rows, dtype=torch.long)
     prompts = [ro.prompts[int(ro.group[r])].token_ids for r in rows]

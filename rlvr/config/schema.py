@@ -24,6 +24,7 @@ class Plugin(BaseModel):
 
     @property
     def kwargs(self) -> dict[str, Any]:
+        """Every key other than `name`, as a fresh dict (the plug-in's constructor/function arguments)."""
         return dict(self.model_extra or {})
 
 

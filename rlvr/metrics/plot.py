@@ -124,6 +124,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Command line `python -m rlvr.metrics.plot RUN_DIR [--out PNG]`: plot the run and print the PNG's path."""
     parser = argparse.ArgumentParser(prog="python -m rlvr.metrics.plot", description=plot_run.__doc__)
     parser.add_argument("run_dir", type=Path, help="a run folder holding metrics.jsonl")
     parser.add_argument("--out", type=Path, default=None, help="PNG path (default RUN_DIR/curves.png)")

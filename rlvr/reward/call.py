@@ -65,9 +65,14 @@ class Outcome:
 
     @classmethod
     def zeros(cls, n: int) -> Outcome:
+        """An outcome for `n` samples, all 0.0 with nothing failed yet, to be filled in by `add`."""
         return cls([0.0] * n)
 
     def add(self, index: int, value: float, status: str, cause: str, extras: dict[str, float] | None) -> None:
+        """Record sample `index`: its value if the call succeeded, else its cause as a failure or timeout.
+
+        `extras` (the reward's own metrics for this sample) are summed and counted for a per-step mean.
+        """
         if status == OK:
             self.values[index] = value
         elif status == FAILED:

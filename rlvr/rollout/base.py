@@ -27,14 +27,16 @@ class SamplingParams:
 class RolloutEngine(Protocol):
     shares_learner_weights: bool  # True: generates with the learner's own module (nothing to push)
 
-    def generate(self, batch: PromptBatch, params: SamplingParams) -> Rollouts: ...
+    def generate(self, batch: PromptBatch, params: SamplingParams) -> Rollouts:
+        """G_j samples of each prompt j of the batch, as N contiguous rows (prompt order, then sample order)."""
+        ...
 
     def update_weights(self, weights: WeightsFn) -> None:
         """Make the engine generate with the learner's current weights (every process calls it)."""
         ...
 
     def sequence_logprobs(self, token_ids: list[int]) -> torch.Tensor:
-        """[len - 1] log p(token_i | tokens_<i) at temperature 1: the weight-sync probe."""
+        """[S - 1] log p(token_i | tokens_<i) at temperature 1, S = len(token_ids): the weight-sync probe."""
         ...
 
     def sleep(self) -> None:

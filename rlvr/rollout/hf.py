@@ -61,6 +61,7 @@ class HFEngine:
         self.eos_ids = end_token_ids(model.generation_config.eos_token_id, tokenizer.eos_token_id)
 
     def update_weights(self, weights: WeightsFn) -> None:
+        """Copy the learner's tensors into this engine's model; nothing to do when it is the learner's own."""
         if self.shares_learner_weights:
             return
         with torch.no_grad():
@@ -70,16 +71,23 @@ class HFEngine:
 
     @torch.no_grad()
     def sequence_logprobs(self, token_ids: list[int]) -> torch.Tensor:
+        """[S - 1] float32 log p(token_i | tokens_<i) at temperature 1, S = len(token_ids) (the sync probe)."""
         device = next(self.model.parameters()).device
         logits = self.model(input_ids=torch.tensor([token_ids], device=device), use_cache=False).logits[0, :-1]
         lp = torch.log_softmax(logits.float(), -1)
         return lp.gather(-1, torch.tensor(token_ids[1:], device=device).unsqueeze(-1)).squeeze(-1).cpu()
 
     def sleep(self) -> None:
+        """No-op: the in-process engine has no memory of its own to release before the update."""
         pass
 
     @torch.no_grad()
     def generate(self, batch: PromptBatch, params: SamplingParams) -> Rollouts:
+        """Sample with `model.generate` in chunks of `batch_prompts` prompts' samples; training mode is restored.
+
+        Under synced (sharded) learners every process runs the same number of chunks, padding with
+        throw-away ones, because each generate call is collective.
+        """
         group = rows_of(batch)
         seqs = [batch.prompts[j].token_ids for j in group]
         ids_out, lp_out = [], []

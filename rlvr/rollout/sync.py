@@ -28,7 +28,7 @@ def default_tolerance(engine_dtype: str) -> float:
 
 
 def probe_gap(engine_lp: torch.Tensor, learner_lp: torch.Tensor) -> float:
-    """max_t |engine - learner| over the probe's tokens ([L] each). Example: [-1, -2] vs [-1.1, -2] -> 0.1."""
+    """max_t |engine - learner| over the probe's tokens ([S - 1] each). Example: [-1, -2] vs [-1.1, -2] -> 0.1."""
     return float((engine_lp.float() - learner_lp.float()).abs().max()) if engine_lp.numel() else 0.0
 
 

@@ -139,6 +139,7 @@ class VLLMEngine:
 
     # ---- generation -------------------------------------------------------------------------
     def generate(self, batch: PromptBatch, params: SamplingParams) -> Rollouts:
+        """One vLLM request per prompt with n = G_j (prompts with G_j = 0 skipped), waking the engine first."""
         from vllm import SamplingParams as VSamplingParams
 
         self._wake()
@@ -167,7 +168,7 @@ class VLLMEngine:
                                  params.stop)
 
     def sequence_logprobs(self, token_ids: list[int]) -> torch.Tensor:
-        """[len - 1] log-probs of a fixed sequence (vLLM's prompt log-probs, temperature 1)."""
+        """[S - 1] log-probs of a fixed sequence, S = len(token_ids) (vLLM's prompt log-probs, temperature 1)."""
         from vllm import SamplingParams as VSamplingParams
 
         self._wake()
@@ -178,6 +179,7 @@ class VLLMEngine:
 
     # ---- weights and memory -------------------------------------------------------------------
     def update_weights(self, weights: WeightsFn) -> None:
+        """Load the learner's tensors into the engine; an asleep engine gets its weights back, then its KV cache."""
         if self.asleep:
             self.llm.wake_up(tags=["weights"])  # the KV cache stays released until the weights are in
         push_weights(self.llm, weights())

@@ -40,6 +40,7 @@ class Firing:
 
     @property
     def silence(self) -> str:
+        """The config override that turns this alarm off, quoted in its message."""
         return f"alarms.{self.name}.action=off"
 
 
@@ -199,6 +200,7 @@ class Alarms:
         return fired
 
     def state_dict(self) -> dict[str, Any]:
+        """Each alarm's window of per-step records and whether it is firing, as plain lists for the checkpoint."""
         return {"windows": {k: [dict(r) if isinstance(r, dict) else list(r) for r in w]
                             for k, w in self.windows.items()}, "firing": dict(self.firing)}
 

@@ -194,6 +194,7 @@ class StopRequest:
 
 
 def signal_name(signum: int) -> str:
+    """The signal's name for messages. Example: 15 -> "SIGTERM"."""
     return signal.Signals(signum).name
 
 
@@ -258,9 +259,11 @@ class CheckpointClock:
         self.reset()
 
     def reset(self) -> None:
+        """Start the period again from now (called after each checkpoint)."""
         self._last = time.monotonic()
 
     def due(self) -> bool:
+        """True once `every_minutes` have passed since the last reset; never when the period is 0."""
         return self.period_s > 0 and time.monotonic() - self._last >= self.period_s
 
 

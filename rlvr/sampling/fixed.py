@@ -15,10 +15,13 @@ class FixedAllocator:
         self.samples_per_prompt = samples_per_prompt
 
     def allocate(self, prompt_indices: list[int]) -> list[int]:
+        """G for each of the P chosen prompts."""
         return [self.samples_per_prompt] * len(prompt_indices)
 
     def state_dict(self) -> dict[str, Any]:
+        """Empty: the allocation depends on nothing but the config."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Nothing to restore (see `state_dict`)."""
         pass

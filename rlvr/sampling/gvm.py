@@ -24,6 +24,9 @@ Consequences the rest of the pipeline must accept:
 The ratio and rounding functions are checked against vectors produced with the authors' code
 (RLHFlow/GVM@d640a754, em/stage_2_calc_sample_size.py and the `align_chunk` step of its trainer);
 they are written from the maths in the spec, not copied.
+
+Letters follow the paper: G_i is a gradient norm (not rlvr's shape letter G) and N the budget
+shared by every estimated prompt; [P] is one entry per prompt handed in.
 """
 
 from __future__ import annotations
@@ -164,11 +167,11 @@ def integerise(ratios: Sequence[float], budget: int) -> list[int]:
 def align_chunk(sizes: Sequence[int], n_gpus: int) -> list[int]:
     """Pad a step's total sample count up to a multiple of the GPU count g (spec §8.1 step 4).
 
-    If S = Σ sizes is not a multiple of g, hand out g − (S mod g) increments of +1 one at a time,
+    If the total Σ sizes is not a multiple of g, hand out g − (total mod g) increments of +1 one at a time,
     visiting every prompt of the batch (zero allocations included) in descending order of its
     original size, ties later prompt first, wrapping round when the list is exhausted.
-    Shapes: [P] ints -> [P] ints with a sum divisible by g (all zeros stay zero: S = 0).
-    Example: [5, 0, 3, 2], g = 8: S = 10, 6 increments over the order (5, 3, 2, 0) =
+    Shapes: [P] ints -> [P] ints with a sum divisible by g (all zeros stay zero: total 0).
+    Example: [5, 0, 3, 2], g = 8: total 10, 6 increments over the order (5, 3, 2, 0) =
     prompts 0, 2, 3, 1, 0, 2 -> [7, 1, 5, 3].
     """
     if n_gpus < 1:
@@ -377,9 +380,11 @@ class GVMAllocator:
         }
 
     def state_dict(self) -> dict[str, Any]:
+        """Per dataset prompt its estimates (p, G) and allocation n (None if never estimated), and the iteration."""
         return {"p": list(self.p), "G": list(self.G), "n": list(self.n), "iteration": self.iteration}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a `state_dict`; it must have one entry per dataset prompt."""
         for key in ("p", "G", "n"):
             if len(state[key]) != self.num_prompts:
                 raise ValueError(f"GVM state has {len(state[key])} entries in {key!r}, the dataset "

@@ -36,6 +36,7 @@ class UniformSampler:
         return torch.randperm(self.num_prompts, generator=g).tolist()
 
     def sample(self, count: int) -> list[int]:
+        """The next `count` dataset indices of the epoch order, running into the next epoch(s) when needed."""
         out: list[int] = []
         while len(out) < count:
             if self.position == self.num_prompts:
@@ -48,8 +49,10 @@ class UniformSampler:
         return out
 
     def state_dict(self) -> dict[str, Any]:
+        """(epoch, position): the order itself is re-derived from the seed."""
         return {"epoch": self.epoch, "position": self.position}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue at the saved epoch and position, rebuilding that epoch's order."""
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
         self._order = self._epoch_order(self.epoch)

@@ -23,6 +23,9 @@ Per prompt x the state is (a_x, b_x, t_x): Beta(a_x, b_x) as of step t_x, its la
 
 Randomness comes from one numpy PCG64 generator seeded with the run seed; its state is part of the
 checkpoint, so a resumed run continues the same draws.
+
+In the shapes below [P] is one entry per prompt handed in: a step's groups, a candidate pool or the
+whole dataset.
 """
 
 from __future__ import annotations
@@ -229,12 +232,14 @@ class VADESampler:
         return slow_decayed(self.a[idx], self.b[idx], self.t[idx], step, self.prior_a, self.prior_b, self.slow_decay)
 
     def posterior_mean(self, prompt_indices: Sequence[int] | None = None, step: int | None = None) -> np.ndarray:
+        """a / (a + b) of these prompts (default all) at `step` (default the clock): their expected success rate."""
         a, b = self.posterior(prompt_indices, step)
         return a / (a + b)
 
     # -- selection --
 
     def sample(self, count: int) -> list[int]:
+        """`count` dataset indices for the step at the clock, distinct unless `count` exceeds the dataset."""
         out: list[int] = []
         while len(out) < count:  # more than the dataset: repeat whole selections
             out += self._select(min(count - len(out), self.num_prompts))
@@ -269,7 +274,8 @@ class VADESampler:
                counts: Sequence[int]) -> dict[str, float]:
         """Update the posteriors from the groups trained on at `step`; returns metrics.
 
-        successes[g] = Σ rewards of group g (rewards in [0, 1]), counts[g] = its size. The metrics
+        The three lists hold one entry per group (P of them): prompt_indices[g] is the dataset index
+        of group g, successes[g] = Σ rewards of group g (rewards in [0, 1]), counts[g] = its size. The metrics
         compare the degenerate-group fraction the posteriors predicted (before this update) with
         the realised one.
         """
@@ -321,6 +327,7 @@ class VADESampler:
     # -- checkpoint --
 
     def state_dict(self) -> dict[str, Any]:
+        """Posteriors (a, b, t), visit counts, clock and generator state: enough to resume the same draws."""
         return {
             "a": torch.from_numpy(self.a.copy()), "b": torch.from_numpy(self.b.copy()),
             "t": torch.from_numpy(self.t.copy()), "visits": torch.from_numpy(self.visits.copy()),
@@ -328,6 +335,7 @@ class VADESampler:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a `state_dict`, checking it has one entry per dataset prompt and positive Beta parameters."""
         arrays = {}
         for key, dtype in (("a", np.float64), ("b", np.float64), ("t", np.int64), ("visits", np.int64)):
             x = np.array(torch.as_tensor(state[key]).numpy(), dtype=dtype)
