@@ -6,6 +6,7 @@ Shape letters, defined here once and used in every docstring and comment of the 
     G_j  samples of prompt j, when the allocator gives prompts different counts
     N    samples in the step (N = sum_j G_j, or P * G when all groups have G samples)
     T    response tokens (the padded width of a response tensor)
+    T_i  tokens of response i, where responses are kept unpadded (lists of per-sample tensors)
     S    full sequence length (prompt + response) of a micro-batch row
     V    vocabulary size
     B    rows of one micro-batch (B <= N)

@@ -273,7 +273,7 @@ class RewardRunner:
                             r.label, r.job.ref, len(mine) - len(memory))
 
     def _assemble(self, outcomes: list[Outcome]) -> RewardResult:
-        values = torch.tensor([o.values for o in outcomes], dtype=torch.float64)  # [K, N]
+        values = torch.tensor([o.values for o in outcomes], dtype=torch.float64)  # [K, N], one row per reward function
         weights = torch.tensor([r.weight for r in self._rewards], dtype=torch.float64)
         total = weights @ values  # float64, so the float32 result is the weighted sum rounded once
         correct = values[self._accuracy] >= self._correct_threshold
