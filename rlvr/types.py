@@ -19,7 +19,7 @@ A shape is written in brackets, e.g. [N, T]; a Python list of length N is writte
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -157,3 +157,46 @@ class StepOutcome:
     correct: torch.Tensor  # [N] bool
     lengths: torch.Tensor  # [N] long
     response_ids: list[list[int]]  # N, generated tokens (EOS included)
+
+
+@runtime_checkable
+class Services(Protocol):
+    """What stateful plug-ins may ask of the running trainer in `refresh(step, services)` and
+    `observe(outcome, services)`: work beyond the step's own batch (VAS re-scores every prompt, GVM
+    measures acceptance rates and gradient norms, SPO runs an offline pass and measures drift).
+
+    Nothing else of the trainer is theirs to touch: no engine, learner, reward runner or process group
+    (tests/unit/test_services.py checks the plug-in modules). Every method is collective: all
+    processes call it with the same arguments, each does its share, and all get the full result.
+    The trainer's implementation is `TrainerServices` (rlvr/run/services.py).
+    """
+
+    @property
+    def prompts(self) -> list[Prompt]:
+        """The training prompts, by dataset index (what `sample_prompts` and `StepOutcome` index)."""
+        ...
+
+    @property
+    def pad_id(self) -> int:
+        """The token id that pads responses in the learner's tensors."""
+        ...
+
+    def sample_prompts(self, prompt_indices: list[int], samples: int) -> list[dict[str, Any]]:
+        """Generate `samples` (G) responses to each given prompt with the current policy and score them.
+
+        prompt_indices P -> P dicts in the given order: {"index": dataset index, "correct": G bools,
+        "rewards": G floats, "response_ids": G token-id lists (no padding)}.
+        """
+        ...
+
+    def logprobs(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> list[torch.Tensor]:
+        """Current-policy log-probs (at the rollout temperature) of each response given its prompt.
+
+        prompt_ids N token lists, response_ids N token lists (response i has T_i tokens) -> N tensors [T_i].
+        """
+        ...
+
+    def grad_norms(self, prompt_ids: list[list[int]], response_ids: list[list[int]], param_match: str) -> list[float]:
+        """Per response, the norm of the gradient of −Σ_t log π(y_t) on the first parameter whose name
+        contains `param_match`. prompt_ids N, response_ids N token lists -> N floats."""
+        ...

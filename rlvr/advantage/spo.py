@@ -18,22 +18,23 @@ Rewards are binarised (r > 0 → 1) everywhere the tracker or advantage sees the
 does for offline scores and as its reward function does for online ones (it maps DAPO's −1 to 0). For
 {0, 1} rewards this changes nothing.
 
-The pure maths is in the module-level functions; `SPOTracker` holds the per-prompt state and
-`prioritised_draw` is the sampler's draw. Nothing here is registered: the loop wires the tracker into
-the advantage seam (the tracker is callable on an `AdvantageInput`) and the post-update hook.
+SPO lives in three files, one job each:
+    rlvr/advantage/spo.py          the pure maths below and the `SPO` estimator (advantage "spo"): its
+                                   baseline (P3), offline pass (P6, `refresh`) and update hook (P5, `observe`)
+    rlvr/advantage/spo_tracker.py  `SPOTracker`, the per-prompt state the estimator and the sampler share
+    rlvr/sampling/spo.py           `SPOSampler` (sampler "spo") and its draw (P1)
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import Field
 
-from rlvr.registry import ADVANTAGE, SAMPLER
-from rlvr.types import AdvantageInput, AdvantageOutput
+from rlvr.registry import ADVANTAGE
+from rlvr.types import AdvantageInput, AdvantageOutput, Services, StepOutcome
 
 RHO_MIN = 0.875  # config rho.clip_lower in the reference
 RHO_MAX = 0.96  # hard-coded in the reference
@@ -119,7 +120,7 @@ def drift_proxy(
     response recomputed right after the update that used it, `current` the same tokens under today's
     policy. A row with no tokens gives D = 0 (no evidence of drift) instead of 0/0.
 
-    stored [R, T], current [R, T], mask [R, T] -> D [R] float64.
+    stored [P, T], current [P, T], mask [P, T] (one row per prompt) -> D [P] float64.
     Example: stored [[-0.5, -1.0, -0.2]], current [[-0.6, -0.9, -0.2]], mask [[1, 1, 1]]
     -> D = (0.1 + 0.1 + 0) / 3 = [0.0667]; mask [[1, 1, 0]] on [-2, -0.1, 0] vs [-1, -0.1, -5] -> [0.5].
     """
@@ -132,7 +133,7 @@ def drift_proxy(
 def halving_rate(D: Floats, d_half: float = D_HALF) -> torch.Tensor:
     """Unclipped KL-adaptive forgetting rate 2^(−D / D_half): halves every D_half of drift.
 
-    D [R] -> ρ [R] float64. Example (D_half 0.06): D = [0, 0.01, 0.06] -> [1, 0.8909, 0.5].
+    D [P] -> ρ [P] float64. Example (D_half 0.06): D = [0, 0.01, 0.06] -> [1, 0.8909, 0.5].
     """
     if d_half <= 0:
         raise ValueError(f"d_half must be > 0, got {d_half}")
@@ -152,7 +153,7 @@ def forgetting_rate(
               2^0 = 1 and ρ = ρ_max: the estimate is always discounted a little.
     constant: ρ = ρ_min whatever D (the reference's `rho.type=constant`, 0.875 with the defaults).
 
-    D [R] -> ρ [R] float64.
+    D [P] -> ρ [P] float64.
     Example (defaults): D = [0, 0.01, 0.2] -> unclipped [1, 0.8909, 0.0992] -> ρ = [0.96, 0.8909, 0.875];
     constant -> [0.875, 0.875, 0.875].
     """
@@ -209,7 +210,7 @@ def spo_advantages(rewards: Floats, p_hat: Floats, eps: float = ADV_EPS) -> torc
 
 
 # ---------------------------------------------------------------------------------------------
-# P1: prioritised sampling
+# P1: prioritised sampling weights (the draw is rlvr/sampling/spo.py's)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -224,281 +225,9 @@ def sampling_weights(p_hat: Floats, eps: float = EXPLORATION_EPS) -> torch.Tenso
     return (p * (1 - p)).clamp(min=0).sqrt() + eps
 
 
-def prioritised_draw(weights: Floats, count: int, generator: torch.Generator | None = None) -> list[int]:
-    """Indices of `count` candidates drawn with probability ∝ weights (spec §2.4).
-
-    Without replacement (each draw renormalises over the candidates left, as numpy's sequential
-    `choice(replace=False, p=...)` does) unless the pool is smaller than `count`, then with replacement.
-    Same distribution as the reference, not the same random stream.
-
-    weights [C] -> list of `count` ints in [0, C).
-    Example: weights [0.28, 0.55, 0.28, 0.42], count 3 -> three distinct indices, e.g. [1, 3, 0].
-    """
-    w = _f64(weights).reshape(-1)
-    if count < 0:
-        raise ValueError(f"count must be >= 0, got {count}")
-    if count == 0:
-        return []
-    if w.numel() == 0:
-        raise ValueError("cannot draw from an empty candidate pool")
-    if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
-        raise ValueError("sampling weights must be finite and >= 0")
-    if float(w.sum()) == 0:
-        w = torch.ones_like(w)
-    replace = w.numel() < count
-    if not replace and int((w > 0).sum()) < count:
-        raise ValueError(f"only {int((w > 0).sum())} candidates have positive weight, cannot draw {count}")
-    return torch.multinomial(w, count, replacement=replace, generator=generator).tolist()
-
-
 # ---------------------------------------------------------------------------------------------
-# the stateful tracker
+# the estimator plug-in: advantage (P3), offline pass (P6), post-update hook (P5)
 # ---------------------------------------------------------------------------------------------
-
-
-class SPOTracker:
-    """Per-prompt Beta success tracker of SPO, keyed by the stable prompt uid (spec §2.2, §2.6).
-
-    State per uid: α, β, visit count (responses trained on), and the last response's token ids with
-    their log-probs under the policy right after the update that used it (for the drift D).
-
-    Use within a step:
-        out = tracker.advantages(uids, rewards)            # P3, p̂ before this step's update
-        ... learner update ...
-        need = tracker.pending_drift_requests(uids)        # {uid: stored response ids}
-        cur = {u: <log-probs of need[u] given prompt u under the new policy> for u in need}
-        tracker.update(uids, rewards, tracker.drifts(uids, cur), new_responses, new_logprobs)
-
-    A uid with no state when its advantage is asked for (not covered by the offline init) starts at
-    α = β = ½ (the offline_N = 0 rule) and is counted in `advantage/spo_unknown_prompts`; the
-    reference would raise a KeyError there.
-    """
-
-    def __init__(
-        self,
-        *,
-        rho_min: float = RHO_MIN,
-        rho_max: float = RHO_MAX,
-        d_half: float = D_HALF,
-        rho_kind: Literal["adaptive", "constant"] = "adaptive",
-        exploration_eps: float = EXPLORATION_EPS,
-        adv_eps: float = ADV_EPS,
-    ):
-        forgetting_rate(0.0, d_half, rho_min, rho_max, rho_kind)  # validates the arguments
-        self.rho_min, self.rho_max, self.d_half, self.rho_kind = rho_min, rho_max, d_half, rho_kind
-        self.exploration_eps = exploration_eps
-        self.adv_eps = adv_eps
-        self.alpha: dict[str, float] = {}
-        self.beta: dict[str, float] = {}
-        self.visits: dict[str, int] = {}
-        self.responses: dict[str, torch.Tensor] = {}  # uid -> [L] int32
-        self.logprobs: dict[str, torch.Tensor] = {}  # uid -> [L] float32
-        self.unknown_total = 0
-
-    def __len__(self) -> int:
-        return len(self.alpha)
-
-    def __contains__(self, uid: str) -> bool:
-        return uid in self.alpha
-
-    # -- P6 ---------------------------------------------------------------------------------------
-    def init_prompts(self, uids: Sequence[str], successes: Floats, k: Floats) -> None:
-        """Set α, β of `uids` from offline success counts (see `init_from_offline`); meant for a fresh run.
-
-        Existing α, β of these uids are overwritten; visit counts and stored responses are kept.
-        """
-        s = _f64(successes).reshape(-1)
-        if len(uids) != s.numel():
-            raise ValueError(f"{len(uids)} uids but {s.numel()} success counts")
-        alpha, beta = init_from_offline(s, k, self.rho_min)
-        for uid, a, b in zip(uids, alpha.tolist(), beta.tolist()):
-            self.alpha[uid], self.beta[uid] = a, b
-            self.visits.setdefault(uid, 0)
-
-    def _ensure(self, uid: str) -> bool:
-        if uid in self.alpha:
-            return False
-        self.alpha[uid], self.beta[uid], self.visits[uid] = 0.5, 0.5, 0
-        return True
-
-    # -- reads ------------------------------------------------------------------------------------
-    def p_hat(self, uids: Sequence[str]) -> torch.Tensor:
-        """p̂ = α / (α + β) per uid [len(uids)] float64; ½ for a uid with no state (nothing is added)."""
-        return torch.tensor(
-            [self.alpha[u] / (self.alpha[u] + self.beta[u]) if u in self.alpha else 0.5 for u in uids],
-            dtype=torch.float64,
-        )
-
-    def sampling_weights(self, uids: Sequence[str]) -> torch.Tensor:
-        """Prioritised-sampling weights of candidate prompts [len(uids)] float64.
-
-        A uid with no state counts as p̂ = ½, the largest weight (the reference gives it 0 and would then
-        crash on its advantage); nothing is added to the tracker.
-        """
-        return sampling_weights(self.p_hat(uids), self.exploration_eps)
-
-    # -- P3 ---------------------------------------------------------------------------------------
-    def advantages(self, uids: Sequence[str], rewards: Floats) -> AdvantageOutput:
-        """Â per sample from p̂ before this step's update; uids may repeat (several samples of a prompt)."""
-        r = _f64(rewards).reshape(-1)
-        if len(uids) != r.numel():
-            raise ValueError(f"{len(uids)} uids but {r.numel()} rewards")
-        unknown = len({u for u in uids if self._ensure(u)})
-        self.unknown_total += unknown
-        p = self.p_hat(uids)
-        adv = spo_advantages(r, p, self.adv_eps)
-        metrics = {
-            "advantage/spo_p_hat_mean": float(p.mean()) if p.numel() else 0.0,
-            "advantage/spo_success_mean": float(binarise(r).mean()) if r.numel() else 0.0,
-            "advantage/spo_unknown_prompts": float(unknown),
-        }
-        return AdvantageOutput(adv.float(), None, metrics)
-
-    def __call__(self, inp: AdvantageInput) -> AdvantageOutput:
-        return self.advantages(inp.prompt_uids, inp.rewards)
-
-    # -- P5 ---------------------------------------------------------------------------------------
-    def pending_drift_requests(self, uids: Sequence[str]) -> dict[str, torch.Tensor]:
-        """{uid: stored response ids [L]} for the batch's prompts whose drift must be measured.
-
-        The caller scores each response (given its prompt) under the policy AFTER this step's update and
-        hands the log-probs to `drifts`. Empty for first visits and for the constant-ρ variant.
-        """
-        if self.rho_kind == "constant":
-            return {}
-        return {u: self.responses[u].long() for u in dict.fromkeys(uids) if u in self.responses}
-
-    def drifts(self, uids: Sequence[str], current_logprobs: Mapping[str, Floats]) -> list[float | None]:
-        """D per sample (see `drift_proxy`) from the current log-probs of each stored response.
-
-        None where there is nothing to compare (no stored response, or no current log-probs given):
-        `update` treats it as D = 0, the reference's first-visit rule.
-        """
-        out: list[float | None] = []
-        for u in uids:
-            if u not in self.logprobs or u not in current_logprobs:
-                out.append(None)
-                continue
-            stored = self.logprobs[u]
-            cur = _f64(current_logprobs[u]).reshape(-1)
-            if cur.numel() != stored.numel():
-                raise ValueError(
-                    f"prompt {u}: {cur.numel()} current log-probs for a stored response of "
-                    f"{stored.numel()} tokens"
-                )
-            out.append(float(drift_proxy(stored[None], cur[None], torch.ones(1, stored.numel()))[0]))
-        return out
-
-    def update(
-        self,
-        uids: Sequence[str],
-        rewards: Floats,
-        drifts: Sequence[float | None] | None = None,
-        new_responses: Sequence[Any] | None = None,
-        new_logprobs: Sequence[Any] | None = None,
-    ) -> dict[str, float]:
-        """Tracker update after the learner step: α ← ρα + Σr, β ← ρβ + Σ(1 − r) per prompt.
-
-        uids [N], rewards [N] (binarised r > 0), drifts [N] (None → D = 0), new_responses [N] of token ids
-        [L_i] and new_logprobs [N] of [L_i] log-probs under the updated policy (both optional; without them
-        nothing is stored and later visits have no drift to measure).
-        A prompt that appears several times in one step (a pool smaller than the batch, or G > 1) is
-        discounted once, with the first drift given among its samples, and gets every observation; the
-        last sample's response is stored. The constant-ρ variant never needs a drift and stores nothing.
-        Token ids are kept as int32 and log-probs as float32 (8 bytes a token, one response per prompt).
-        Returns metrics.
-        """
-        b = binarise(rewards).reshape(-1)
-        n = len(uids)
-        if b.numel() != n:
-            raise ValueError(f"{n} uids but {b.numel()} rewards")
-        drifts = list(drifts) if drifts is not None else [None] * n
-        if len(drifts) != n:
-            raise ValueError(f"{n} uids but {len(drifts)} drifts")
-        if (new_responses is None) != (new_logprobs is None):
-            raise ValueError("new_responses and new_logprobs go together")
-        if new_responses is not None and not len(new_responses) == len(new_logprobs) == n:
-            raise ValueError(
-                f"{n} uids but {len(new_responses)} responses and {len(new_logprobs)} log-prob rows"
-            )
-
-        keep: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # validated before any state changes
-        if new_responses is not None and self.rho_kind == "adaptive":
-            for i, u in enumerate(uids):
-                ids = torch.as_tensor(new_responses[i]).detach().to("cpu", torch.int32).reshape(-1).clone()
-                lp = torch.as_tensor(new_logprobs[i]).detach().to("cpu", torch.float32).reshape(-1).clone()
-                if ids.numel() != lp.numel():
-                    raise ValueError(f"prompt {u}: {ids.numel()} response tokens but {lp.numel()} log-probs")
-                keep[u] = (ids, lp)
-
-        successes: dict[str, float] = {}  # insertion order = first appearance
-        count: dict[str, int] = {}
-        measured: dict[str, float | None] = {}
-        for u, bi, d in zip(uids, b.tolist(), drifts):
-            successes[u] = successes.get(u, 0.0) + bi
-            count[u] = count.get(u, 0) + 1
-            if measured.get(u) is None:
-                measured[u] = None if d is None else float(d)
-        D = torch.tensor([0.0 if d is None else d for d in measured.values()], dtype=torch.float64)
-        if bool((D < 0).any()) or not bool(torch.isfinite(D).all()):
-            raise ValueError("drifts must be finite and >= 0")
-        rho = forgetting_rate(D, self.d_half, self.rho_min, self.rho_max, self.rho_kind).tolist()
-
-        for u, rh in zip(successes, rho):
-            self._ensure(u)
-            self.alpha[u] = rh * self.alpha[u] + successes[u]
-            self.beta[u] = rh * self.beta[u] + (count[u] - successes[u])
-            self.visits[u] += count[u]
-        for u, (ids, lp) in keep.items():
-            self.responses[u], self.logprobs[u] = ids, lp
-
-        got = [d for d in measured.values() if d is not None]
-        return {
-            "advantage/spo_rho_mean": sum(rho) / len(rho) if rho else 0.0,
-            "advantage/spo_drift_mean": sum(got) / len(got) if got else 0.0,
-            "advantage/spo_no_drift_frac": 1.0 - len(got) / len(measured) if measured else 0.0,
-            "advantage/spo_tracked_prompts": float(len(self.alpha)),
-        }
-
-    # -- checkpoint ---------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume (spec §2.6); the reference keeps none of it. The sampler's RNG is
-        the sampler's own state."""
-        return {
-            "alpha": dict(self.alpha),
-            "beta": dict(self.beta),
-            "visits": dict(self.visits),
-            "responses": {u: t.clone() for u, t in self.responses.items()},
-            "logprobs": {u: t.clone() for u, t in self.logprobs.items()},
-            "unknown_total": self.unknown_total,
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        alpha, beta = dict(state["alpha"]), dict(state["beta"])
-        if alpha.keys() != beta.keys():
-            raise ValueError("SPO state: alpha and beta cover different prompts")
-        bad = [
-            u
-            for u in alpha
-            if not (math.isfinite(alpha[u]) and math.isfinite(beta[u]) and alpha[u] > 0 and beta[u] > 0)
-        ]
-        if bad:
-            raise ValueError(f"SPO state: alpha/beta must be finite and > 0 (prompt {bad[0]!r})")
-        if state["responses"].keys() != state["logprobs"].keys():
-            raise ValueError("SPO state: stored responses and log-probs cover different prompts")
-        self.alpha = {u: float(a) for u, a in alpha.items()}
-        self.beta = {u: float(b) for u, b in beta.items()}
-        self.visits = {u: int(state["visits"].get(u, 0)) for u in alpha}
-        self.responses = {
-            u: torch.as_tensor(t, dtype=torch.int32).clone() for u, t in state["responses"].items()
-        }
-        self.logprobs = {
-            u: torch.as_tensor(t, dtype=torch.float32).clone() for u, t in state["logprobs"].items()
-        }
-        self.unknown_total = int(state.get("unknown_total", 0))
-
-
-# -- the plug-ins: estimator (P3) with its offline pass (P6) and post-update hook (P5), and sampler (P1)
 
 
 @ADVANTAGE.register("spo")
@@ -523,6 +252,9 @@ class SPO:
         exploration_eps: Annotated[float, Field(ge=0)] = EXPLORATION_EPS,
         adv_eps: Annotated[float, Field(gt=0)] = ADV_EPS,
     ):
+        # imported here: the tracker is built on this module's maths, so it imports this module
+        from rlvr.advantage.spo_tracker import SPOTracker
+
         self.tracker = SPOTracker(rho_min=rho_min, rho_max=rho_max, d_half=d_half, rho_kind=rho_kind,
                                   exploration_eps=exploration_eps, adv_eps=adv_eps)
         self.offline_samples = offline_samples
@@ -531,7 +263,13 @@ class SPO:
     def __call__(self, inp: AdvantageInput) -> AdvantageOutput:
         return self.tracker(inp)
 
-    def refresh(self, step: int, services: Any) -> dict[str, float]:
+    def refresh(self, step: int, services: Services) -> dict[str, float]:
+        """The loop's pre-step hook: the offline pass (P6), once, before the first step; returns metrics.
+
+        Every training prompt gets `offline_samples` samples from the initial policy and starts at
+        `init_from_offline` of its success count, e.g. 8 samples, 4 successes -> p̂ = ½. Later calls,
+        and every call with `offline_samples` 0, do nothing (the tracker then starts prompts at α = β = ½).
+        """
         if self.initialised:
             return {}
         self.initialised = True
@@ -544,7 +282,13 @@ class SPO:
         return {"advantage/spo_offline_prompts": float(len(uids)),
                 "advantage/spo_offline_success": sum(successes) / max(len(uids) * self.offline_samples, 1)}
 
-    def observe(self, outcome: Any, services: Any) -> dict[str, float]:
+    def observe(self, outcome: StepOutcome, services: Services) -> dict[str, float]:
+        """The loop's post-update hook (P5): measure drift, then update the tracker; returns metrics.
+
+        For the step's N samples: each prompt's stored response is re-scored under the updated policy
+        (its drift D), then α, β move by this step's rewards and the new responses are stored with their
+        log-probs under the updated policy (see `SPOTracker.update`).
+        """
         uids = outcome.prompt_uids
         prompt_ids = {u: services.prompts[outcome.prompt_indices[int(g)]].token_ids for u, g in zip(uids, outcome.group)}
         pending = self.tracker.pending_drift_requests(uids)
@@ -555,50 +299,10 @@ class SPO:
         return self.tracker.update(uids, outcome.rewards, drifts, outcome.response_ids, new_logprobs)
 
     def state_dict(self) -> dict[str, Any]:
+        """The tracker's state and whether the offline pass has run."""
         return {"tracker": self.tracker.state_dict(), "initialised": self.initialised}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what `state_dict` returned."""
         self.tracker.load_state_dict(state["tracker"])
         self.initialised = bool(state["initialised"])
-
-
-@SAMPLER.register("spo")
-class SPOSampler:
-    """Prioritised prompt sampling by the SPO tracker: weight sqrt(p(1-p)) + eps (§2.4).
-
-    A candidate pool of `pool_factor` x count prompts is drawn in shuffled epochs (so every prompt
-    keeps being seen), then `count` of them are drawn without replacement by weight.
-    Needs `advantage: {name: spo}`, whose tracker it reads.
-    """
-
-    @staticmethod
-    def problems(cfg: Any) -> list[str]:
-        """Checked by `rlvr config validate`: the sampler reads the SPO estimator's tracker."""
-        if cfg.advantage.name == "spo":
-            return []
-        return [f"sampling.sampler.name: spo needs advantage.name: spo (got {cfg.advantage.name}); "
-                "the sampler draws by the success estimates the SPO estimator keeps"]
-
-    def __init__(self, num_prompts: int, seed: int, prompt_uids: list[str], advantage: Any, *,
-                 pool_factor: Annotated[int, Field(ge=1)] = 4):
-        if not isinstance(advantage, SPO):
-            raise ValueError("sampling.sampler: 'spo' reads the SPO tracker and needs advantage.name: spo")
-        from rlvr.sampling.uniform import UniformSampler
-
-        self.pool = UniformSampler(num_prompts, seed)
-        self.uids = prompt_uids
-        self.advantage = advantage
-        self.pool_factor = pool_factor
-        self.generator = torch.Generator().manual_seed(seed + 7919)
-
-    def sample(self, count: int) -> list[int]:
-        pool = self.pool.sample(min(self.pool_factor * count, self.pool.num_prompts))
-        weights = self.advantage.tracker.sampling_weights([self.uids[i] for i in pool])
-        return [pool[i] for i in prioritised_draw(weights, count, self.generator)]
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"pool": self.pool.state_dict(), "generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.pool.load_state_dict(state["pool"])
-        self.generator.set_state(state["generator"])

@@ -1,9 +1,10 @@
-"""What stateful plug-ins may ask of the running trainer, outside the step's own batch.
+"""The trainer's side of `rlvr.types.Services`: what stateful plug-ins may ask of the running trainer.
 
-Some methods need work beyond one step's samples: VAS re-scores every prompt every T steps,
+Some methods need work beyond one step's samples: VAS re-scores every prompt every few steps,
 GVM estimates acceptance rates and gradient norms before each allocation, SPO initialises its
 tracker from an offline pass and measures policy drift on stored responses. They do it through
-this object, so they never touch the engine, the learner or the process group directly.
+this object, typed as the `Services` Protocol, so they never touch the engine, the learner or the
+process group directly.
 
 Every method is collective: all processes call it with the same arguments, each does its share,
 and all get the full result back (plug-in state stays identical on every process).
@@ -23,12 +24,24 @@ from rlvr.rollout import SamplingParams
 from rlvr.types import AdvantageBatch, LossNorm, Prompt, PromptBatch, Rollouts, ScoredRollouts
 
 
-class Services:
+class TrainerServices:
+    """`Services` on top of this process's engine, learner and reward runner.
+
+    engine generates, rewards scores, learner computes log-probs and gradients; prompts are the
+    training prompts by dataset index, params the rollout's sampling parameters (the default of
+    `sample_prompts`), rank and world this process's place in the process group.
+    """
+
     def __init__(self, *, engine: Any, learner: Any, rewards: Any, prompts: list[Prompt], params: SamplingParams,
                  rank: int, world: int):
         self.engine, self.learner, self.rewards = engine, learner, rewards
         self.prompts, self.params = prompts, params
         self.rank, self.world = rank, world
+
+    @property
+    def pad_id(self) -> int:
+        """The learner's pad token id."""
+        return self.learner.pad_id
 
     def _gather(self, items: list[Any]) -> list[Any]:
         return gather_object(items) if self.world > 1 else items

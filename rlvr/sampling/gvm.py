@@ -39,6 +39,7 @@ from typing import Annotated, Any
 from pydantic import Field
 
 from rlvr.registry import ALLOCATOR
+from rlvr.types import Services
 
 __all__ = [
     "GVMAllocator",
@@ -298,7 +299,7 @@ class GVMAllocator:
         self.n: list[int | None] = [None] * num_prompts
         self.iteration = 0
 
-    def refresh(self, step: int, services: Any) -> dict[str, float]:
+    def refresh(self, step: int, services: Services) -> dict[str, float]:
         """The loop's pre-step hook: stage 1 (§8.1) at `start_step`, then every `estimate_every` steps.
 
         Until `start_step` every prompt gets samples_per_prompt (the fixed allocator): GVM assumes a

@@ -38,6 +38,7 @@ import torch
 from pydantic import Field
 
 from rlvr.registry import SAMPLER
+from rlvr.types import Services, StepOutcome
 
 __all__ = [
     "VADESampler",
@@ -262,7 +263,7 @@ class VADESampler:
 
     # -- feedback --
 
-    def observe(self, outcome: Any, services: Any = None) -> dict[str, float]:
+    def observe(self, outcome: StepOutcome, services: Services | None = None) -> dict[str, float]:
         """The loop's post-update hook: each trained group's successes (rewards clipped to [0, 1])."""
         g = outcome.group
         k = len(outcome.prompt_indices)

@@ -7,16 +7,16 @@ import pytest
 import torch
 
 from rlvr.advantage.spo import (
-    SPOTracker,
     drift_proxy,
     forgetting_rate,
     halving_rate,
     init_from_offline,
     offline_successes,
-    prioritised_draw,
     raw_advantages,
     spo_advantages,
 )
+from rlvr.advantage.spo_tracker import SPOTracker
+from rlvr.sampling.spo import prioritised_draw
 from tests.conformance.conftest import assert_close, load_vectors
 
 

@@ -1,6 +1,7 @@
 """VAS (MMR1) against vas.json: every prompt, metric, padding variant, VPS config, momentum and
 the seeded mixed sampler in the file; nothing here names a case or a number."""
 
+from rlvr.metrics.diversity import pad_lists
 from rlvr.sampling.vas import (
     TDS_METRICS,
     ReferenceMixedOrder,
@@ -8,7 +9,6 @@ from rlvr.sampling.vas import (
     minmax_weights,
     momentum_blend,
     ovs,
-    pad_lists,
     vps_scores,
 )
 from tests.conformance.conftest import assert_close, load_vectors

@@ -6,18 +6,18 @@ import pytest
 import torch
 
 from rlvr.advantage.spo import (
-    SPOTracker,
     drift_proxy,
     forgetting_rate,
     global_normalise,
     halving_rate,
     init_from_offline,
     offline_successes,
-    prioritised_draw,
     raw_advantages,
     sampling_weights,
     spo_advantages,
 )
+from rlvr.advantage.spo_tracker import SPOTracker
+from rlvr.sampling.spo import prioritised_draw
 from rlvr.types import AdvantageInput
 
 

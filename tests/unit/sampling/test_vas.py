@@ -6,20 +6,22 @@ import pytest
 import torch
 
 from rlvr.config.load import plugin_kwargs_problems
+from rlvr.metrics.diversity import (
+    distinct_n,
+    edit_distance_mean,
+    levenshtein,
+    pad_lists,
+    self_bleu_123,
+    sentence_bleu_123,
+)
 from rlvr.sampling.vas import (
     ReferenceMixedOrder,
     VASSampler,
-    distinct_n,
-    edit_distance_mean,
     interleave,
-    levenshtein,
     minmax_weights,
     mixed_index_list,
     momentum_blend,
     ovs,
-    pad_lists,
-    self_bleu_123,
-    sentence_bleu_123,
     vps_scores,
 )
 
