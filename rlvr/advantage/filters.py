@@ -7,6 +7,8 @@ has the requested number of informative groups (DAPO, arXiv 2503.14476, "dynamic
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from rlvr.advantage.grpo import group_stats
@@ -59,3 +61,33 @@ def concat_scored(a: ScoredRollouts, b: ScoredRollouts, pad_id: int) -> ScoredRo
     )
     comps = {k: torch.cat([a.components[k], b.components[k]]) for k in a.components}
     return ScoredRollouts(ro, torch.cat([a.rewards, b.rewards]), comps, torch.cat([a.correct, b.correct]), a.metrics)
+
+
+class DynamicSampling:
+    """DAPO's dynamic sampling as a rule for the step's collection rounds (`sampling.dynamic`).
+
+    Off (filter_zero_variance False) it keeps every group and asks for one round. With the
+    filter, groups whose rewards are all equal are dropped; with `refill`, rounds go on until
+    every process holds its share of informative groups or `max_rounds` is reached.
+    """
+
+    def __init__(self, filter_zero_variance: bool = False, refill: bool = False, max_rounds: int = 1):
+        self.filter_zero_variance, self.refill, self.max_rounds = filter_zero_variance, refill, max_rounds
+
+    def keep(self, scored: ScoredRollouts) -> list[int]:
+        """The groups of one round that stay, in order (all of them when the filter is off)."""
+        if not self.filter_zero_variance:
+            return list(range(len(scored.rollouts.prompts)))
+        return informative_groups(scored).nonzero().flatten().tolist()
+
+    def another_round(self, rounds: int, everyone_has_enough: Callable[[], bool]) -> bool:
+        """Whether to draw again after `rounds` rounds; `everyone_has_enough` (a collective call) is
+        asked only when refilling is on and rounds are left, so every process calls it equally often."""
+        return self.refill and rounds < self.max_rounds and not everyone_has_enough()
+
+    def metrics(self, rounds: int, generated: int, dropped: int, groups: int) -> dict[str, float]:
+        """sampling/* metrics of the step's rounds ({} when the filter is off)."""
+        if not self.filter_zero_variance:
+            return {}
+        return {"sampling/rounds": float(rounds), "sampling/generated_groups": float(generated),
+                "sampling/dropped_frac": dropped / max(generated, 1), "sampling/groups": float(groups)}

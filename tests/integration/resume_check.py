@@ -20,7 +20,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import rlvr.loop
+import rlvr.run.setup
 
 
 class Killed(Exception):
@@ -132,7 +132,7 @@ def kill_after_checkpoint(run, monkeypatch, step: int = 2) -> None:
     Same code path as a kill at that moment: the process loses everything not in the checkpoint
     (metric lines of later steps are not written yet).
     """
-    real_save = rlvr.loop.save_checkpoint
+    real_save = rlvr.run.setup.save_checkpoint
 
     def save_then_die(run_dir, at, **kw):
         path = real_save(run_dir, at, **kw)
@@ -140,9 +140,9 @@ def kill_after_checkpoint(run, monkeypatch, step: int = 2) -> None:
             raise Killed
         return path
 
-    monkeypatch.setattr(rlvr.loop, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(rlvr.run.setup, "save_checkpoint", save_then_die)
     try:
         with pytest.raises(Killed):
             run()
     finally:
-        monkeypatch.setattr(rlvr.loop, "save_checkpoint", real_save)
+        monkeypatch.setattr(rlvr.run.setup, "save_checkpoint", real_save)

@@ -190,17 +190,17 @@ def test_method_recipe_two_steps(recipe, tmp_path, models_dir):
 @pytest.mark.slow
 def test_user_estimator_from_a_file_trains(tmp_path, models_dir, monkeypatch):
     """examples/my_estimator.py plugs in by name from YAML, with no edit inside rlvr."""
-    import rlvr.loop
+    import rlvr.run.step
 
     seen = []
-    real = rlvr.loop.gather_advantage_input
+    real = rlvr.run.step.gather_step
 
     def spy(*args, **kwargs):
         out = real(*args, **kwargs)
         seen.append(out[0])
         return out
 
-    monkeypatch.setattr(rlvr.loop, "gather_advantage_input", spy)
+    monkeypatch.setattr(rlvr.run.step, "gather_step", spy)
     est = ROOT / "examples" / "my_estimator.py"
     run_dir = run_recipe(ROOT / "recipes" / "quickstart.yaml", tmp_path / "run", models_dir, "run.steps=2",
                          f"advantage={{name: '{est}:MedianBaseline', scale: 2.0}}", "eval.at_start=false",

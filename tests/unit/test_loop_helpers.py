@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from rlvr.loop import _zero_nonfinite
+from rlvr.advantage.nonfinite import zero_nonfinite as _zero_nonfinite
 from rlvr.types import AdvantageOutput
 
 
