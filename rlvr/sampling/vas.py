@@ -206,6 +206,13 @@ class ReferenceMixedOrder:
         self.stale = True
 
     def next_batch(self, weights: Sequence[float], batch_size: int) -> list[int]:
+        """The next `batch_size` dataset indices of the current list, rebuilding it when needed.
+
+        weights [num_prompts]. A fresh list is drawn when the weights changed (`invalidate`), the batch
+        size changed, or fewer than `batch_size` entries are left (the drop-last tail is skipped).
+        Example: 5 prompts, batch_size 2 -> batches 1 and 2 take entries 0-3 of one list, batch 3 starts a
+        new list (entry 4 is the skipped tail).
+        """
         if self.stale or batch_size != self.batch_size or len(self.indices) - self.cursor < batch_size:
             self.build(weights, batch_size)
         out: list[int] = []
@@ -219,11 +226,13 @@ class ReferenceMixedOrder:
         return out
 
     def state_dict(self) -> dict[str, Any]:
+        """Permutation, read position, generator state and the list being served (all a resume needs)."""
         return {"perm": list(self.perm), "position": self.position, "consumed_batches": self.consumed_batches,
                 "generator": self.generator.get_state().clone(), "indices": list(self.indices),
                 "cursor": self.cursor, "batch_size": self.batch_size, "stale": self.stale}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned; refuses a state saved for another number of prompts."""
         if len(state["perm"]) != self.num_prompts:
             raise ValueError(f"sampler state is for {len(state['perm'])} prompts, the training set has "
                              f"{self.num_prompts}")
@@ -318,6 +327,7 @@ class VASSampler:
         return [1.0] * self.num_prompts if self.uniform_fallback else list(self.weights or [])
 
     def sample(self, count: int) -> list[int]:
+        """Dataset indices of the next batch of `count` prompts in the mixed order (see the class doc)."""
         return self.order.next_batch(self._draw_weights(), count)
 
     def refresh(self, step: int, services: Services) -> dict[str, float]:
@@ -387,11 +397,13 @@ class VASSampler:
         }
 
     def state_dict(self) -> dict[str, Any]:
+        """Scores, weights, the last refresh step and the mixed order's state."""
         return {"weights": None if self.weights is None else list(self.weights),
                 "scores": None if self.scores is None else list(self.scores),
                 "last_refresh_step": self.last_refresh_step, "order": self.order.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned; refuses weights or scores for another number of prompts."""
         for key in ("weights", "scores"):
             if state[key] is not None and len(state[key]) != self.num_prompts:
                 raise ValueError(f"sampler state holds {len(state[key])} {key} for {self.num_prompts} prompts")

@@ -35,6 +35,12 @@ COVERED = (
     "rlvr/sampling/fixed.py",
     "rlvr/sampling/vade.py",
     "rlvr/sampling/gvm.py",
+    "rlvr/advantage/spo.py",
+    "rlvr/advantage/spo_tracker.py",
+    "rlvr/sampling/spo.py",
+    "rlvr/sampling/vas.py",
+    "rlvr/run/services.py",
+    "rlvr/types.py",
 )
 
 FunctionNode = ast.FunctionDef | ast.AsyncFunctionDef
