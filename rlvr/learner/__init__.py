@@ -1,5 +1,8 @@
-from rlvr.learner.learner import Learner, lr_lambda
+from rlvr.learner.batching import BatchingConfig
+from rlvr.learner.learner import Learner
 from rlvr.learner.logprobs import response_logprobs
-from rlvr.learner.policy_loss import kl_estimate, kl_in_reward, ppo_clip
+from rlvr.learner.optim import OptimConfig, lr_lambda
+from rlvr.learner.policy_loss import KLSettings, kl_estimate, kl_in_reward, ppo_clip
 
-__all__ = ["Learner", "kl_estimate", "kl_in_reward", "lr_lambda", "ppo_clip", "response_logprobs"]
+__all__ = ["BatchingConfig", "KLSettings", "Learner", "OptimConfig", "kl_estimate", "kl_in_reward", "lr_lambda",
+           "ppo_clip", "response_logprobs"]

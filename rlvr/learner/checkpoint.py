@@ -120,6 +120,7 @@ def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
 
 
 def sha256_file(path: Path) -> str:
+    """The file's sha256 as 64 hex digits, read in chunks (checkpoint manifests list one per file)."""
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
 

@@ -72,6 +72,24 @@ def resolve_strategy(requested: str, env: Mapping[str, str] = os.environ) -> str
     return requested
 
 
+def planned_strategy(requested: str, env: Mapping[str, str] = os.environ) -> str | None:
+    """What `strategy_of` will call the run of `learner.strategy` = `requested` in this launcher
+    environment, known before any accelerator or model exists (for config checks); None when the
+    environment names a set-up rlvr does not run (`resolve_strategy` says why when the run starts).
+
+    One process (WORLD_SIZE unset or 1) runs ddp and fsdp2 as "single"; DeepSpeed stays zero2/zero3.
+    Example: "auto" under torchrun with WORLD_SIZE=4 and no accelerate config -> "ddp".
+    """
+    try:
+        launched = launcher_strategy(env)
+    except (ValueError, OSError):
+        return None
+    strategy = (launched or "ddp") if requested == "auto" else requested
+    if strategy in ("ddp", "fsdp2") and int(env.get("WORLD_SIZE", "1")) <= 1:
+        return "single"
+    return strategy
+
+
 def resolve_mixed_precision(requested: str) -> str:
     """'auto' -> bf16 on a GPU that has it, else no (fp32 everywhere on CPU)."""
     if requested != "auto":
@@ -216,6 +234,15 @@ def strategy_of(acc: Accelerator) -> str:
     if acc.distributed_type == DistributedType.FSDP:
         raise ValueError("learner.strategy: FSDP version 1 is not supported; use fsdp2")
     return "ddp" if acc.num_processes > 1 else "single"
+
+
+def global_sum(acc: Accelerator, values: list[float]) -> list[float]:
+    """Each value summed over processes (float64, one all-reduce); the values themselves on one process.
+
+    Example: two processes with [3.0, 1.0] and [5.0, 0.0] -> both get [8.0, 1.0].
+    """
+    t = torch.tensor(values, dtype=torch.float64, device=acc.device)
+    return acc.reduce(t, reduction="sum").tolist() if acc.num_processes > 1 else values
 
 
 def local_optimizer_state(state: dict[str, Any]) -> dict[str, Any]:

@@ -6,6 +6,7 @@ scalar. Both only see tokens through `mask`, so padding never matters.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated
 
 import torch
@@ -49,6 +50,20 @@ def ppo_clip(
         loss = torch.where(adv < 0, torch.minimum(loss, bound), loss)
         stats["dual_clip_frac"] = lower.float()
     return loss * mask, {k: v.detach() * mask for k, v in stats.items()}
+
+
+@dataclass(frozen=True)
+class KLSettings:
+    """The KL penalty against the reference model (loss.kl); the default is off.
+
+    `in_loss` (where: loss): the learner adds coef x the aggregated `kl_estimate` to the loss.
+    Otherwise (where: reward) the loop folds a k1 penalty into the rewards (`kl_in_reward`) and the
+    learner only reports the estimate.
+    """
+
+    coef: float = 0.0
+    estimator: str = "k3"
+    in_loss: bool = True
 
 
 def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str) -> torch.Tensor:

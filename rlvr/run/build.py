@@ -16,7 +16,7 @@ from rlvr.config import Config
 from rlvr.config.load import reward_specs
 from rlvr.config.schema import DatasetConfig
 from rlvr.data import build_prompts, load_rows
-from rlvr.learner import Learner, distributed
+from rlvr.learner import BatchingConfig, KLSettings, Learner, OptimConfig, distributed
 from rlvr.learner.rollout_correction import rollout_is_weights
 from rlvr.registry import ADVANTAGE, AGGREGATION, ALLOCATOR, POLICY_LOSS, SAMPLER, build_plugin
 from rlvr.reward import RewardRunner
@@ -170,16 +170,18 @@ def make_rollout_correction(cfg: Config) -> Callable | None:
 
 def make_learner(cfg: Config, model: torch.nn.Module, ref_model: torch.nn.Module | None, acc: Accelerator,
                  plugins: dict[str, Any], pad_id: int) -> Learner:
-    lc = cfg.learner
+    """The learner of the `learner` section, with the loss plug-ins, KL and rollout correction of `loss`."""
+    lc, kl = cfg.learner, cfg.loss.kl
+    optim = OptimConfig(lr=lc.lr, weight_decay=lc.weight_decay, betas=lc.betas, warmup_steps=lc.warmup_steps,
+                        schedule=lc.schedule, min_lr_ratio=lc.min_lr_ratio, total_steps=cfg.run.steps,
+                        max_grad_norm=lc.max_grad_norm)
+    batching = BatchingConfig(mini_batches_per_step=lc.mini_batches_per_step, epochs_per_step=lc.epochs_per_step,
+                              micro_batch_tokens=lc.micro_batch_tokens, max_new_tokens=cfg.rollout.max_new_tokens,
+                              pad_id=pad_id, seed=cfg.run.seed)
     return Learner(
         model, ref_model, acc,
-        policy_loss=plugins["policy_loss"], aggregation=plugins["aggregation"],
-        lr=lc.lr, weight_decay=lc.weight_decay, betas=lc.betas, warmup_steps=lc.warmup_steps,
-        schedule=lc.schedule, min_lr_ratio=lc.min_lr_ratio, total_steps=cfg.run.steps,
-        max_grad_norm=lc.max_grad_norm, mini_batches_per_step=lc.mini_batches_per_step,
-        epochs_per_step=lc.epochs_per_step, micro_batch_tokens=lc.micro_batch_tokens,
-        temperature=cfg.rollout.temperature, max_new_tokens=cfg.rollout.max_new_tokens,
-        kl_coef=cfg.loss.kl.coef, kl_estimator=cfg.loss.kl.estimator, kl_in_loss=cfg.loss.kl.where == "loss",
-        pad_id=pad_id, seed=cfg.run.seed, rollout_correction=make_rollout_correction(cfg),
-        max_nonfinite_steps=lc.max_nonfinite_steps,
+        policy_loss=plugins["policy_loss"], aggregation=plugins["aggregation"], optim=optim, batching=batching,
+        temperature=cfg.rollout.temperature,
+        kl=KLSettings(coef=kl.coef, estimator=kl.estimator, in_loss=kl.where == "loss"),
+        rollout_correction=make_rollout_correction(cfg), max_nonfinite_steps=lc.max_nonfinite_steps,
     )

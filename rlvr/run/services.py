@@ -17,11 +17,10 @@ from typing import Any
 import torch
 from accelerate.utils import gather_object
 
-from rlvr.buffer import as_batch, pack
-from rlvr.learner.logprobs import response_logprobs
+from rlvr.buffer import as_batch
 from rlvr.reward import score_rollouts
 from rlvr.rollout import SamplingParams
-from rlvr.types import AdvantageBatch, LossNorm, Prompt, PromptBatch, Rollouts, ScoredRollouts
+from rlvr.types import AdvantageBatch, Prompt, PromptBatch, Rollouts, ScoredRollouts
 
 
 class TrainerServices:
@@ -90,27 +89,11 @@ class TrainerServices:
 
     def grad_norms(self, prompt_ids: list[list[int]], response_ids: list[list[int]], param_match: str) -> list[float]:
         """Per response, the norm of the gradient of -sum_t log pi(y_t) on the first parameter whose
-        name contains `param_match` (GVM's stage 1). One backward per response, never synced
-        across processes; gradients are cleared afterwards."""
-        model, unwrapped = self.learner.model, self.learner.unwrapped
-        if self.learner.strategy not in ("single", "ddp"):
-            raise ValueError(f"learner.strategy: per-response gradient norms (sampling.allocator) need whole "
-                             f"local gradients; {self.learner.strategy} shards them, use ddp")
-        param = next((p for n, p in unwrapped.named_parameters() if param_match in n), None)
-        if param is None:
-            raise ValueError(f"sampling.allocator.act_params: no parameter name contains {param_match!r}")
+        name contains `param_match` (GVM's stage 1), computed by the learner (Learner.grad_norms),
+        each process for its share of the pairs."""
         mine = list(range(self.rank, len(prompt_ids), self.world))
-        local = []
-        for i in mine:
-            batch = _batch_of([prompt_ids[i]], [response_ids[i]], self.learner.pad_id)
-            mb = pack(batch, torch.arange(1), LossNorm(1.0, 1.0, 1), 10**9, self.learner.pad_id)[0]
-            param.grad = None
-            with self.learner.acc.no_sync(model):
-                lp, _ = response_logprobs(model, mb, self.learner.temperature)
-                (-(lp * mb.response_mask.to(lp.device)).sum()).backward()
-            local.append((i, float(param.grad.norm())))
-        model.zero_grad(set_to_none=True)
-        return [g for _, g in sorted(self._gather(local), key=lambda x: x[0])]
+        norms = self.learner.grad_norms([prompt_ids[i] for i in mine], [response_ids[i] for i in mine], param_match)
+        return [g for _, g in sorted(self._gather(list(zip(mine, norms))), key=lambda x: x[0])]
 
 
 def _batch_of(prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int) -> AdvantageBatch:

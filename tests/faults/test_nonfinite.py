@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlvr.learner.learner import NonFiniteGuard, nonfinite_part
+from rlvr.learner.guard import NonFiniteGuard, nonfinite_part
 
 pytestmark = pytest.mark.faults
 
@@ -71,7 +71,7 @@ def _learner_and_batch(tiny_dir):
     from accelerate import Accelerator
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from rlvr.learner import Learner, ppo_clip
+    from rlvr.learner import BatchingConfig, Learner, OptimConfig, ppo_clip
     from rlvr.learner.aggregation import token_mean
     from rlvr.rollout import HFEngine, SamplingParams
     from rlvr.types import AdvantageBatch, Prompt, PromptBatch, ScoredRollouts
@@ -81,11 +81,13 @@ def _learner_and_batch(tiny_dir):
     torch.manual_seed(0)
     ro = HFEngine(model, tok).generate(PromptBatch(prompts, [4, 4]), SamplingParams(max_new_tokens=4))
     n = len(ro)
-    learner = Learner(model, None, Accelerator(cpu=True), policy_loss=ppo_clip, aggregation=token_mean, lr=1e-2,
-                      weight_decay=0.0, betas=(0.9, 0.999), warmup_steps=0, schedule="cosine", min_lr_ratio=0.0,
-                      total_steps=4, max_grad_norm=1.0, mini_batches_per_step=2, epochs_per_step=1,
-                      micro_batch_tokens=10_000, temperature=1.0, max_new_tokens=4, kl_coef=0.0, kl_estimator="k3",
-                      kl_in_loss=True, pad_id=tok.pad_token_id, seed=0, max_nonfinite_steps=2)
+    learner = Learner(model, None, Accelerator(cpu=True), policy_loss=ppo_clip, aggregation=token_mean,
+                      optim=OptimConfig(lr=1e-2, weight_decay=0.0, betas=(0.9, 0.999), warmup_steps=0,
+                                        schedule="cosine", min_lr_ratio=0.0, total_steps=4, max_grad_norm=1.0),
+                      batching=BatchingConfig(mini_batches_per_step=2, epochs_per_step=1,
+                                              micro_batch_tokens=10_000, max_new_tokens=4, pad_id=tok.pad_token_id,
+                                              seed=0),
+                      temperature=1.0, max_nonfinite_steps=2)
 
     def batch(advantages):
         return AdvantageBatch(ScoredRollouts(ro, torch.zeros(n), {}, torch.zeros(n, dtype=torch.bool)),

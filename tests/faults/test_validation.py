@@ -323,6 +323,29 @@ def test_plugins_that_must_go_together(tmp_path):
                     "rollout.stratum=rlvr.advantage.stratified:count_tool_calls"])
 
 
+def test_gvm_refuses_strategies_that_shard_gradients(tmp_path, monkeypatch):
+    """GVM's stage 1 takes per-sample gradient norms, which need whole gradients on each process:
+    fsdp2, zero2 and zero3 are refused before any model loads, named or taken by `auto` from an
+    accelerate launch config; on one process fsdp2 is plain single-process training and passes."""
+    r = recipe(tmp_path, sampling={"prompts_per_step": 2, "samples_per_prompt": 2, "allocator": {"name": "gvm"}})
+    for key in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED", "FSDP_VERSION"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for strategy in ("fsdp2", "zero2", "zero3"):
+        got = problems_of(r, f"learner.strategy={strategy}", check_inputs=False)
+        assert got == ["sampling.allocator.name: gvm needs whole local gradients (learner.strategy: ddp, or a "
+                       f"single process); {strategy} shards them"], got
+    load_config(r, ["learner.strategy=ddp"])
+    load_config(r)  # auto without an accelerate config: ddp
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_VERSION", "2")
+    got = problems_of(r, check_inputs=False)
+    assert got == ["sampling.allocator.name: gvm needs whole local gradients (learner.strategy: ddp, or a single "
+                   "process); fsdp2 shards them (learner.strategy: auto took it from accelerate launch)"], got
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    load_config(r)
+
+
 def test_a_user_plugin_declares_its_own_problems(tmp_path):
     (tmp_path / "mine.py").write_text(textwrap.dedent("""
         def centred(inp):

@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 import rlvr.plugins  # noqa: E402, F401
 from rlvr.advantage.grpo import GRPO  # noqa: E402
-from rlvr.learner import Learner, ppo_clip  # noqa: E402
+from rlvr.learner import BatchingConfig, Learner, OptimConfig, ppo_clip  # noqa: E402
 from rlvr.registry import AGGREGATION  # noqa: E402
 from rlvr.rollout import HFEngine, SamplingParams  # noqa: E402
 from rlvr.rollout.sync import WeightSyncError, probe_sequence, push_and_verify  # noqa: E402
@@ -57,11 +57,13 @@ def assert_same_greedy(hf, vl):
 
 
 def make_learner(model, lr):
-    return Learner(model, None, Accelerator(cpu=True), policy_loss=ppo_clip, aggregation=AGGREGATION.get("token_mean"),
-                   lr=lr, weight_decay=0.0, betas=(0.9, 0.999), warmup_steps=0, schedule="constant", min_lr_ratio=0.0,
-                   total_steps=10, max_grad_norm=1.0, mini_batches_per_step=1, epochs_per_step=1,
-                   micro_batch_tokens=4096, temperature=1.0, max_new_tokens=4, kl_coef=0.0, kl_estimator="k3",
-                   kl_in_loss=True, pad_id=0, seed=0)
+    return Learner(model, None, Accelerator(cpu=True), policy_loss=ppo_clip,
+                   aggregation=AGGREGATION.get("token_mean"),
+                   optim=OptimConfig(lr=lr, weight_decay=0.0, betas=(0.9, 0.999), warmup_steps=0,
+                                     schedule="constant", min_lr_ratio=0.0, total_steps=10, max_grad_norm=1.0),
+                   batching=BatchingConfig(mini_batches_per_step=1, epochs_per_step=1, micro_batch_tokens=4096,
+                                           max_new_tokens=4, pad_id=0, seed=0),
+                   temperature=1.0)
 
 
 def train_steps(learner, engine, prompts, steps):

@@ -19,6 +19,7 @@ COVERED = (
     "rlvr/metrics",
     "rlvr/models",
     "rlvr/buffer",
+    "rlvr/learner",
     "rlvr/eval",
     "rlvr/config/preflight.py",
     "rlvr/config/schema.py",

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "integration" / "sc
 from learner_step import T, local_batch
 
 import rlvr.plugins  # noqa: F401
-from rlvr.learner import Learner, ppo_clip
+from rlvr.learner import BatchingConfig, Learner, OptimConfig, ppo_clip
 from rlvr.learner.distributed import make_accelerator
 from rlvr.registry import AGGREGATION
 
@@ -26,10 +26,12 @@ from rlvr.registry import AGGREGATION
 def main(model_dir: str, strategy: str, out_dir: str) -> None:
     acc = make_accelerator(strategy, "no", 1.0)
     learner = Learner(AutoModelForCausalLM.from_pretrained(model_dir), None, acc, policy_loss=ppo_clip,
-                      aggregation=AGGREGATION.get("token_mean"), lr=1e-3, weight_decay=0.0, betas=(0.9, 0.999),
-                      warmup_steps=0, schedule="constant", min_lr_ratio=0.0, total_steps=2, max_grad_norm=1.0,
-                      mini_batches_per_step=1, epochs_per_step=1, micro_batch_tokens=40, temperature=1.0,
-                      max_new_tokens=T, kl_coef=0.0, kl_estimator="k3", kl_in_loss=True, pad_id=0, seed=0)
+                      aggregation=AGGREGATION.get("token_mean"),
+                      optim=OptimConfig(lr=1e-3, weight_decay=0.0, betas=(0.9, 0.999), warmup_steps=0,
+                                        schedule="constant", min_lr_ratio=0.0, total_steps=2, max_grad_norm=1.0),
+                      batching=BatchingConfig(mini_batches_per_step=1, epochs_per_step=1, micro_batch_tokens=40,
+                                              max_new_tokens=T, pad_id=0, seed=0),
+                      temperature=1.0)
     before = {n: t.detach().cpu().clone() for n, t in learner.full_weights()}  # collective
     batch = local_batch(acc.process_index, acc.num_processes)
     good = batch.advantages.clone()

@@ -19,7 +19,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import rlvr.plugins  # noqa: F401
-from rlvr.learner import Learner, ppo_clip
+from rlvr.learner import BatchingConfig, KLSettings, Learner, OptimConfig, ppo_clip
 from rlvr.learner.distributed import make_accelerator, whole_model_init
 from rlvr.registry import AGGREGATION
 from rlvr.types import AdvantageBatch, Prompt, Rollouts, ScoredRollouts
@@ -69,11 +69,13 @@ def main(model_dir: str, out: str, aggregation: str = "seq_mean_token_mean", str
     if kl_coef:
         with whole_model_init():
             ref = AutoModelForCausalLM.from_pretrained(model_dir).eval().requires_grad_(False)
-    learner = Learner(model, ref, acc, policy_loss=ppo_clip, aggregation=AGGREGATION.get(aggregation), lr=1e-3,
-                      weight_decay=0.01, betas=(0.9, 0.999), warmup_steps=0, schedule="constant", min_lr_ratio=0.0,
-                      total_steps=1, max_grad_norm=max_grad_norm, mini_batches_per_step=1,
-                      epochs_per_step=epochs_per_step, micro_batch_tokens=40, temperature=1.0, max_new_tokens=T,
-                      kl_coef=kl_coef, kl_estimator="k3", kl_in_loss=True, pad_id=0, seed=0)
+    learner = Learner(model, ref, acc, policy_loss=ppo_clip, aggregation=AGGREGATION.get(aggregation),
+                      optim=OptimConfig(lr=1e-3, weight_decay=0.01, betas=(0.9, 0.999), warmup_steps=0,
+                                        schedule="constant", min_lr_ratio=0.0, total_steps=1,
+                                        max_grad_norm=max_grad_norm),
+                      batching=BatchingConfig(mini_batches_per_step=1, epochs_per_step=epochs_per_step,
+                                              micro_batch_tokens=40, max_new_tokens=T, pad_id=0, seed=0),
+                      temperature=1.0, kl=KLSettings(coef=kl_coef, estimator="k3", in_loss=True))
     batch = local_batch(acc.process_index, acc.num_processes)
     if learner.needs_old_logprobs:
         batch.old_logprobs = learner.logprobs(batch, use_ref=False)

@@ -92,16 +92,17 @@ def test_single_process_full_weights_are_the_hf_parameters(tmp_path):
     from accelerate import Accelerator
     from transformers import AutoModelForCausalLM
 
-    from rlvr.learner import Learner, ppo_clip
+    from rlvr.learner import BatchingConfig, Learner, OptimConfig, ppo_clip
     from rlvr.learner.aggregation import token_mean
     from rlvr.models.tiny import build_tiny_model
 
     model = AutoModelForCausalLM.from_pretrained(build_tiny_model(tmp_path / "tiny"))
-    learner = Learner(model, None, Accelerator(cpu=True), policy_loss=ppo_clip, aggregation=token_mean, lr=1e-3,
-                      weight_decay=0.0, betas=(0.9, 0.999), warmup_steps=0, schedule="constant", min_lr_ratio=0.0,
-                      total_steps=1, max_grad_norm=1.0, mini_batches_per_step=1, epochs_per_step=1,
-                      micro_batch_tokens=64, temperature=1.0, max_new_tokens=4, kl_coef=0.0, kl_estimator="k3",
-                      kl_in_loss=True, pad_id=0, seed=0)
+    learner = Learner(model, None, Accelerator(cpu=True), policy_loss=ppo_clip, aggregation=token_mean,
+                      optim=OptimConfig(lr=1e-3, weight_decay=0.0, betas=(0.9, 0.999), warmup_steps=0,
+                                        schedule="constant", min_lr_ratio=0.0, total_steps=1, max_grad_norm=1.0),
+                      batching=BatchingConfig(mini_batches_per_step=1, epochs_per_step=1, micro_batch_tokens=64,
+                                              max_new_tokens=4, pad_id=0, seed=0),
+                      temperature=1.0)
     assert learner.strategy == "single" and not learner.sharded
     names = [n for n, _ in model.named_parameters()]
     got = list(learner.full_weights())

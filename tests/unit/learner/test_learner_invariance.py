@@ -5,7 +5,7 @@ import torch
 from accelerate import Accelerator
 from transformers import AutoModelForCausalLM
 
-from rlvr.learner import Learner, ppo_clip
+from rlvr.learner import BatchingConfig, Learner, OptimConfig, ppo_clip
 from rlvr.learner.aggregation import (
     delta_l,
     dr_grpo,
@@ -18,13 +18,13 @@ from rlvr.rollout import HFEngine, SamplingParams
 from rlvr.types import AdvantageBatch, Prompt, PromptBatch, ScoredRollouts
 
 
-def make_learner(model, agg, budget, **kw):
-    args = dict(lr=1e-2, weight_decay=0.0, betas=(0.9, 0.999), warmup_steps=0, schedule="constant",
-                min_lr_ratio=0.0, total_steps=10, max_grad_norm=None, mini_batches_per_step=1, epochs_per_step=1,
-                temperature=1.0, max_new_tokens=6, kl_coef=0.0, kl_estimator="k3", kl_in_loss=True, pad_id=0, seed=0)
-    args.update(kw)
-    return Learner(model, None, Accelerator(cpu=True), policy_loss=ppo_clip, aggregation=agg,
-                   micro_batch_tokens=budget, **args)
+def make_learner(model, agg, budget):
+    optim = OptimConfig(lr=1e-2, weight_decay=0.0, betas=(0.9, 0.999), warmup_steps=0, schedule="constant",
+                        min_lr_ratio=0.0, total_steps=10, max_grad_norm=None)
+    batching = BatchingConfig(mini_batches_per_step=1, epochs_per_step=1, micro_batch_tokens=budget, max_new_tokens=6,
+                              pad_id=0, seed=0)
+    return Learner(model, None, Accelerator(cpu=True), policy_loss=ppo_clip, aggregation=agg, optim=optim,
+                   batching=batching, temperature=1.0)
 
 
 @pytest.mark.parametrize(

@@ -49,7 +49,7 @@ def test_is_weights_reach_the_loss(tiny):
     from accelerate import Accelerator
 
     import rlvr.plugins  # noqa: F401
-    from rlvr.learner import Learner, ppo_clip
+    from rlvr.learner import BatchingConfig, Learner, OptimConfig, ppo_clip
     from rlvr.registry import AGGREGATION
     from rlvr.rollout import HFEngine, SamplingParams
     from rlvr.types import AdvantageBatch, Prompt, PromptBatch, ScoredRollouts
@@ -65,11 +65,12 @@ def test_is_weights_reach_the_loss(tiny):
 
     def learner(correction):
         return Learner(model, None, Accelerator(cpu=True), policy_loss=ppo_clip,
-                       aggregation=AGGREGATION.get("token_mean"), lr=1e-9, weight_decay=0.0,
-                       betas=(0.9, 0.999), warmup_steps=0, schedule="constant", min_lr_ratio=0.0, total_steps=1,
-                       max_grad_norm=None, mini_batches_per_step=1, epochs_per_step=1, micro_batch_tokens=4096,
-                       temperature=1.0, max_new_tokens=4, kl_coef=0.0, kl_estimator="k3", kl_in_loss=True,
-                       pad_id=tok.pad_token_id, seed=0, rollout_correction=correction)
+                       aggregation=AGGREGATION.get("token_mean"),
+                       optim=OptimConfig(lr=1e-9, weight_decay=0.0, betas=(0.9, 0.999), warmup_steps=0,
+                                         schedule="constant", min_lr_ratio=0.0, total_steps=1, max_grad_norm=None),
+                       batching=BatchingConfig(mini_batches_per_step=1, epochs_per_step=1, micro_batch_tokens=4096,
+                                               max_new_tokens=4, pad_id=tok.pad_token_id, seed=0),
+                       temperature=1.0, rollout_correction=correction)
 
     plain = learner(None).step(batch)
     capped = learner(partial(rollout_is_weights, token_cap=2.0, sequence_mask=None)).step(batch)
