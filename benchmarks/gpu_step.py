@@ -44,7 +44,7 @@ from transformers import AutoModelForCausalLM, Qwen2Config
 
 import rlvr.plugins  # noqa: F401  (fills the registries)
 from rlvr.buffer import pack
-from rlvr.learner import Learner
+from rlvr.learner import BatchingConfig, Learner, OptimConfig
 from rlvr.learner.distributed import make_accelerator, resolve_strategy
 from rlvr.registry import AGGREGATION, POLICY_LOSS, build_plugin
 from rlvr.types import AdvantageBatch, LossNorm, Prompt, Rollouts, ScoredRollouts
@@ -136,10 +136,11 @@ def main() -> None:
         model, None, acc,
         policy_loss=build_plugin(POLICY_LOSS, "ppo_clip", {}, {}),
         aggregation=build_plugin(AGGREGATION, "token_mean", {}, {}),
-        lr=1e-6, weight_decay=0.0, betas=(0.9, 0.999), warmup_steps=0, schedule="constant", min_lr_ratio=0.0,
-        total_steps=args.warmup + args.steps, max_grad_norm=1.0, mini_batches_per_step=1, epochs_per_step=1,
-        micro_batch_tokens=args.micro_batch_tokens, temperature=1.0, max_new_tokens=args.response_tokens,
-        kl_coef=0.0, kl_estimator="k3", kl_in_loss=True, pad_id=PAD_ID, seed=0,
+        optim=OptimConfig(lr=1e-6, weight_decay=0.0, betas=(0.9, 0.999), warmup_steps=0, schedule="constant",
+                          min_lr_ratio=0.0, total_steps=args.warmup + args.steps, max_grad_norm=1.0),
+        batching=BatchingConfig(mini_batches_per_step=1, epochs_per_step=1, micro_batch_tokens=args.micro_batch_tokens,
+                                max_new_tokens=args.response_tokens, pad_id=PAD_ID, seed=0),
+        temperature=1.0,
     )
     batch = synthetic_batch(args.samples, args.prompt_tokens, args.response_tokens, SHAPES[args.shape]["vocab_size"])
     resp_tokens = int(batch.scored.rollouts.lengths.sum())

@@ -79,7 +79,7 @@ class TrainerServices:
         local = []
         if not mine and self.world > 1 and prompt_ids:
             # fewer sequences than processes: the policy's forwards are collective (see
-            # Learner._equalise), so this process scores the first sequence and drops the result
+            # Batcher.equalise), so this process scores the first sequence and drops the result
             self.learner.logprobs(_batch_of(prompt_ids[:1], response_ids[:1], self.learner.pad_id), use_ref=False)
         if mine:
             batch = _batch_of([prompt_ids[i] for i in mine], [response_ids[i] for i in mine], self.learner.pad_id)
