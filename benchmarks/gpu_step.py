@@ -42,7 +42,6 @@ from collections.abc import Callable
 import torch
 from transformers import AutoModelForCausalLM, Qwen2Config
 
-import rlvr.plugins  # noqa: F401  (fills the registries)
 from rlvr.buffer import pack
 from rlvr.learner import BatchingConfig, Learner, OptimConfig
 from rlvr.learner.distributed import make_accelerator, resolve_strategy
@@ -134,8 +133,8 @@ def main() -> None:
     n_params = sum(p.numel() for p in model.parameters())  # tied embedding counted once
     learner = Learner(
         model, None, acc,
-        policy_loss=build_plugin(POLICY_LOSS, "ppo_clip", {}, {}),
-        aggregation=build_plugin(AGGREGATION, "token_mean", {}, {}),
+        policy_loss=build_plugin(POLICY_LOSS.get("ppo_clip"), {}, {}),
+        aggregation=build_plugin(AGGREGATION.get("token_mean"), {}, {}),
         optim=OptimConfig(lr=1e-6, weight_decay=0.0, betas=(0.9, 0.999), warmup_steps=0, schedule="constant",
                           min_lr_ratio=0.0, total_steps=args.warmup + args.steps, max_grad_norm=1.0),
         batching=BatchingConfig(mini_batches_per_step=1, epochs_per_step=1, micro_batch_tokens=args.micro_batch_tokens,

@@ -130,9 +130,8 @@ def run_trl(name: str, model: Path, steps: int, work: Path) -> dict:
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    import rlvr.plugins  # noqa: F401  (registers the built-in rewards)
-    from rlvr.run import build
     from rlvr.registry import REWARD
+    from rlvr.run import build
 
     cfg = load_setup(name, model)
     tok = build.load_tokenizer(model)

@@ -10,6 +10,10 @@ against the current directory, then against the recipe's directory when one is g
     >>> ADVANTAGE.get("grpo")                     # the built-in
     >>> ADVANTAGE.get("my_adv.py:estimator")      # a user's function, no edit inside rlvr
 
+A built-in registers by living in its seam's package: the first look-up of a name (`get`,
+`names`) imports every module of the package(s) the registry was given, so a new estimator is a
+new file in rlvr/advantage/ and nothing else. Importing rlvr alone imports none of them.
+
 Plug-ins that only make sense with other settings say so by declaring `problems(cfg) -> list[str]`:
 a staticmethod or classmethod on a class plug-in, or an attribute of a function plug-in
 (`fn.problems = ...`). `rlvr config validate` (and `rlvr train`, before any model loads) calls it
@@ -28,6 +32,7 @@ import difflib
 import hashlib
 import importlib
 import importlib.util
+import pkgutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +41,10 @@ from typing import Any
 from rlvr.errors import RlvrError
 
 SEAMS = ("sampler", "allocator", "reward", "advantage", "aggregation", "policy_loss")
+
+# Arguments rlvr passes to plug-in constructors itself (never set in YAML, never recorded as kwargs).
+CONTEXT_ARGS = ("num_prompts", "seed", "samples_per_prompt", "prompts_per_step", "max_new_tokens", "prompt_uids",
+                "advantage")
 
 
 class RegistryError(RlvrError, LookupError):
@@ -132,11 +141,18 @@ def declared_problems(obj: Any, cfg: Any, key: str = "plug-in") -> list[str]:
 
 
 class Registry:
-    def __init__(self, seam: str):
+    """The names of one seam. `packages` hold its built-ins (a package, whose every module is
+    imported, or a single module); they are imported on the first look-up, not before."""
+
+    def __init__(self, seam: str, packages: tuple[str, ...] = ()):
         self.seam = seam
+        self.packages = packages
         self._items: dict[str, Callable[..., Any]] = {}
+        self._loaded = False
 
     def register(self, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Decorator that files a function or class under `name` (a second use of a name is an error)."""
+
         def deco(obj: Callable[..., Any]) -> Callable[..., Any]:
             if name in self._items:
                 raise RegistryError(f"{self.seam} {name!r} is registered twice")
@@ -145,10 +161,26 @@ class Registry:
 
         return deco
 
+    def _load_builtins(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True  # first: a built-in module that looks a name up while importing must not recurse
+        try:
+            for package in self.packages:
+                import_package(package)
+        except BaseException:
+            self._loaded = False
+            raise
+
     def names(self) -> list[str]:
+        """The built-in names, sorted."""
+        self._load_builtins()
         return sorted(self._items)
 
     def get(self, name: str, base_dir: str | Path | None = None) -> Callable[..., Any]:
+        """The built-in `name`, or user code 'module:attr' / 'file.py:attr' (see `load_object`); an
+        unknown name raises RegistryError listing the built-ins and the closest one."""
+        self._load_builtins()
         if name in self._items:
             return self._items[name]
         if ":" in name:
@@ -160,28 +192,34 @@ class Registry:
         raise RegistryError(msg + "; user code is named 'module:attr' or 'file.py:attr'")
 
 
-SAMPLER = Registry("sampler")
-ALLOCATOR = Registry("allocator")
-REWARD = Registry("reward")
-ADVANTAGE = Registry("advantage")
-AGGREGATION = Registry("aggregation")
-POLICY_LOSS = Registry("policy_loss")
+def import_package(name: str) -> None:
+    """Import module `name` and, when it is a package, every module below it (subpackages too)."""
+    module = importlib.import_module(name)
+    for info in pkgutil.walk_packages(getattr(module, "__path__", []), prefix=name + "."):
+        importlib.import_module(info.name)
 
 
-def build_plugin(registry: Registry, name: str, kwargs: dict[str, Any], context: dict[str, Any],
-                 base_dir: str | Path | None = None) -> Any:
+SAMPLER = Registry("sampler", ("rlvr.sampling",))
+ALLOCATOR = Registry("allocator", ("rlvr.sampling",))
+REWARD = Registry("reward", ("rlvr.reward.builtins",))
+ADVANTAGE = Registry("advantage", ("rlvr.advantage",))
+AGGREGATION = Registry("aggregation", ("rlvr.learner.aggregation",))
+POLICY_LOSS = Registry("policy_loss", ("rlvr.learner.policy_loss",))
+
+
+def build_plugin(obj: Callable[..., Any], kwargs: dict[str, Any], context: dict[str, Any]) -> Any:
     """Instantiate a class plug-in, or bind a function plug-in's keyword arguments.
 
+    `obj` and `kwargs` come from a validated recipe section (`Plugin.target`, `Plugin.kwargs`):
+    resolved, checked and converted to the annotated types there, so nothing is looked up twice.
     `context` holds values rlvr provides (e.g. num_prompts, seed); only those the plug-in's
     signature names are passed, so a plug-in declares what it needs by naming it.
     """
     import functools
     import inspect
 
-    obj = registry.get(name, base_dir)
     params = inspect.signature(obj).parameters
     wanted = {k: v for k, v in context.items() if k in params}
-    kwargs = coerce_kwargs(obj, kwargs)
     if inspect.isclass(obj):
         return obj(**wanted, **kwargs)
     return functools.partial(obj, **wanted, **kwargs)
@@ -196,15 +234,3 @@ def type_hints(obj: Any) -> dict[str, Any]:
         return typing.get_type_hints(obj.__init__ if inspect.isclass(obj) else obj, include_extras=True)
     except Exception:
         return {}
-
-
-def coerce_kwargs(obj: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """YAML kwargs converted to the plug-in's annotated types, as validation checked them.
-
-    An override such as `advantage.epsilon=1e-4` reads as the string "1e-4" (YAML 1.1 wants a
-    dot in a float); validation accepts it as a number, so the plug-in must get the number too.
-    """
-    from pydantic import TypeAdapter
-
-    hints = type_hints(obj)
-    return {k: TypeAdapter(hints[k]).validate_python(v) if k in hints else v for k, v in kwargs.items()}

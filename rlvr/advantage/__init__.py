@@ -1,4 +1,6 @@
-from rlvr.advantage import bnpo, delta_l, rloo, spo, stratified  # noqa: F401  (registers the built-in estimators)
+"""Stage 3, advantage: one module per estimator family (each registers itself when rlvr.registry
+looks a name up), and GRPO's group statistics that the others build on."""
+
 from rlvr.advantage.grpo import GRPO, DrGRPO, group_relative_advantages, group_stats, zero_std_fraction
 
 __all__ = ["GRPO", "DrGRPO", "group_relative_advantages", "group_stats", "zero_std_fraction"]

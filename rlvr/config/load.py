@@ -19,6 +19,7 @@ import copy
 import difflib
 import importlib.util
 import inspect
+import math
 import types
 import typing
 from collections.abc import Callable
@@ -42,6 +43,7 @@ from rlvr.registry import (
     ADVANTAGE,
     AGGREGATION,
     ALLOCATOR,
+    CONTEXT_ARGS,
     POLICY_LOSS,
     SAMPLER,
     Registry,
@@ -269,14 +271,22 @@ def _explain(err: dict[str, Any]) -> str:
 
 
 def plugin_kwargs_problems(key: str, obj: Callable[..., Any], kwargs: dict[str, Any]) -> list[str]:
-    """Check a plug-in's YAML kwargs against its signature and annotations.
+    """Check a plug-in's YAML kwargs against its signature and annotations (see `checked_kwargs`)."""
+    return checked_kwargs(key, obj, kwargs)[1]
 
-    Classes are checked against __init__; functions against their keyword parameters (the
-    leading positional parameters without defaults are the data the seam passes in).
-    Parameters named in CONTEXT_ARGS are filled by rlvr and may not be set in YAML.
+
+def checked_kwargs(key: str, obj: Callable[..., Any], kwargs: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """A plug-in's YAML kwargs checked against its signature and annotations, and completed.
+
+    Returns (kwargs, problems). Classes are checked against __init__; functions against their
+    keyword parameters (the leading positional parameters without defaults are the data the seam
+    passes in). Parameters named in CONTEXT_ARGS are filled by rlvr and may not be set in YAML.
+    The kwargs returned, in signature order, are the recipe's values converted to their annotated
+    types (the override `advantage.epsilon=1e-4` reads as the string '1e-4': the plug-in gets
+    the float) and every default the recipe left out that is plain YAML data, so the dumped config
+    records what the plug-in gets; keys a `**kwargs` takes come last, as given. E.g. GRPO and {}
+    give ({'epsilon': 1e-06, 'singleton': 'raw'}, []).
     """
-    from rlvr.plugins import CONTEXT_ARGS
-
     sig = inspect.signature(obj)
     params = list(sig.parameters.values())
     if not inspect.isclass(obj):
@@ -286,29 +296,57 @@ def plugin_kwargs_problems(key: str, obj: Callable[..., Any], kwargs: dict[str, 
     by_name = {p.name: p for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
     open_kwargs = any(p.kind is p.VAR_KEYWORD for p in params)
     hints = type_hints(obj)
-    problems = []
+    given, problems = {}, []
     for name, value in kwargs.items():
         if name in CONTEXT_ARGS:
             problems.append(f"{key}.{name}: set by rlvr from the rest of the recipe, not here")
             continue
         if name not in by_name:
-            if not open_kwargs:
+            if open_kwargs:
+                given[name] = value
+            else:
                 hint = difflib.get_close_matches(name, list(by_name), n=1)
                 accepted = ", ".join(by_name) or "none"
                 problems.append(f"{key}.{name}: unknown key for {getattr(obj, '__name__', obj)}"
                                 + (f" (did you mean {hint[0]!r}?)" if hint else f"; accepted: {accepted}"))
             continue
-        if name in hints:
-            try:
-                TypeAdapter(hints[name]).validate_python(value)
-            except ValidationError as e:
-                for sub in e.errors():
-                    msg = sub["msg"].removeprefix("Input should be ")
-                    problems.append(f"{key}.{name}: expected {msg}, got {value!r}")
+        if name not in hints:
+            given[name] = value
+            continue
+        try:
+            given[name] = TypeAdapter(hints[name]).validate_python(value)
+        except ValidationError as e:
+            for sub in e.errors():
+                msg = sub["msg"].removeprefix("Input should be ")
+                problems.append(f"{key}.{name}: expected {msg}, got {value!r}")
+    out = {}
     for name, p in by_name.items():
-        if p.default is inspect.Parameter.empty and name not in kwargs and name not in CONTEXT_ARGS:
+        if name in given:
+            out[name] = given.pop(name)
+        elif name in CONTEXT_ARGS or name in kwargs:
+            continue
+        elif p.default is inspect.Parameter.empty:
             problems.append(f"{key}.{name}: required by {getattr(obj, '__name__', obj)} but missing")
-    return problems
+        elif p.kind is not p.POSITIONAL_ONLY and _plain_data(p.default):
+            try:
+                out[name] = TypeAdapter(hints[name]).validate_python(p.default) if name in hints else p.default
+            except ValidationError:
+                pass  # a default outside its own annotation: Python passes it, the record leaves it out
+    return {**out, **given}, problems
+
+
+def _plain_data(value: Any) -> bool:
+    """Whether `value` dumps to YAML and reads back as itself: None, bool, int, finite float, str,
+    and lists, tuples and str-keyed dicts of those."""
+    if value is None or isinstance(value, bool | int | str):
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, list | tuple):
+        return all(_plain_data(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain_data(v) for k, v in value.items())
+    return False
 
 
 PLUGIN_SECTIONS: list[tuple[tuple[str, ...], Registry]] = [
@@ -342,11 +380,12 @@ def _plugin_sections(cfg: Config | None, raw: dict[str, Any]) -> list[tuple[str,
     return out
 
 
-def _plugin_problems(sections: list[tuple[str, Registry, Plugin | None]],
-                     base_dir: str | Path | None) -> list[str]:
-    import rlvr.plugins  # noqa: F401  (registers the built-ins)
-
-    problems = []
+def _resolve_plugins(sections: list[tuple[str, Registry, Plugin | None]], base_dir: str | Path | None
+                     ) -> tuple[dict[str, Any], dict[str, Plugin], list[str]]:
+    """Each plug-in section resolved and checked once. Returns {dotted key: the function or class}
+    of every name that resolves, {dotted key: the section with its target set and its kwargs
+    completed (see `checked_kwargs`)} of those whose kwargs check too, and the problems."""
+    targets, resolved, problems = {}, {}, []
     for key, registry, section in sections:
         if section is None:
             continue
@@ -355,20 +394,66 @@ def _plugin_problems(sections: list[tuple[str, Registry, Plugin | None]],
         except RegistryError as e:
             problems.append(f"{key}.name: {e}")
             continue
-        problems += plugin_kwargs_problems(key, obj, section.kwargs)
-    return problems
+        targets[key] = obj
+        kwargs, found = checked_kwargs(key, obj, section.kwargs)
+        problems += found
+        if not found:
+            done = Plugin(name=section.name, **kwargs)
+            done._target = obj
+            resolved[key] = done
+    return targets, resolved, problems
 
 
-def _declared_problems(cfg: Config, base_dir: str | Path | None) -> list[str]:
+def _complete_plugins(cfg: Config, resolved: dict[str, Plugin]) -> None:
+    """Put the resolved sections into `cfg` in place of the recipe's."""
+    for path, _ in PLUGIN_SECTIONS:
+        key = ".".join(path)
+        if key in resolved:
+            parent: Any = cfg
+            for part in path[:-1]:
+                parent = getattr(parent, part)
+            setattr(parent, path[-1], resolved[key])
+
+
+def _declared_problems(cfg: Config, targets: dict[str, Any]) -> list[str]:
     """What each configured plug-in's own `problems(cfg)` says (plug-ins that must go together)."""
-    problems = []
-    for key, registry, section in _plugin_sections(cfg, {}):
+    return [p for key, obj in targets.items() for p in declared_problems(obj, cfg, f"{key}.name")]
+
+
+def plugin_choices(raw: dict[str, Any], base_dir: str | Path | None = None) -> dict[str, Any]:
+    """A copy of a dumped config (plain data, e.g. a checkpoint's config.yaml) with each plug-in
+    section cut down to what the recipe chose: its name and the kwargs that differ from the
+    plug-in's defaults, converted to their annotated types.
+
+    Two configs that differ only in which defaults they record (one written before rlvr recorded
+    them) thus compare equal: {name: grpo} and {name: grpo, epsilon: 1.0e-6, singleton: raw} both
+    become {name: grpo}. A section whose plug-in does not resolve, or whose kwargs do not check,
+    is left as it is.
+    """
+    raw = copy.deepcopy(raw)
+    for path, registry in PLUGIN_SECTIONS:
+        node: Any = raw
+        for part in path[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        section = node.get(path[-1]) if isinstance(node, dict) else None
+        if not isinstance(section, dict) or not isinstance(section.get("name"), str):
+            continue
         try:
-            obj = registry.get(section.name, base_dir)
+            obj = registry.get(section["name"], base_dir)
         except RegistryError:
-            continue  # already reported
-        problems += declared_problems(obj, cfg, f"{key}.name")
-    return problems
+            continue
+        kwargs, problems = checked_kwargs("", obj, {k: v for k, v in section.items() if k != "name"})
+        if problems:
+            continue
+        defaults = checked_kwargs("", obj, {})[0]
+        node[path[-1]] = {"name": section["name"], **{
+            k: v for k, v in kwargs.items() if k not in defaults or not _same_value(v, defaults[k])}}
+    return raw
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    # a tuple default and the list YAML gives back are the same setting
+    return a == b or (isinstance(a, list | tuple) and isinstance(b, list | tuple) and list(a) == list(b))
 
 
 def _cross_problems(cfg: Config, base_dir: str | Path | None = None) -> list[str]:
@@ -487,11 +572,13 @@ def validate(raw: dict[str, Any], base_dir: str | Path | None = None, source: st
         problems = []
     except ValidationError as e:
         cfg, problems = None, [_explain(err) for err in e.errors()]
-    problems += _plugin_problems(_plugin_sections(cfg, raw), base_dir)
+    targets, resolved, found = _resolve_plugins(_plugin_sections(cfg, raw), base_dir)
+    problems += found
     problems += _reward_problems(_section(cfg, raw, "reward", RewardConfig), base_dir)
     problems += _input_problems(cfg, raw, base_dir, check_inputs=check_inputs)
     if cfg is not None:
-        problems += _cross_problems(cfg, base_dir) + _declared_problems(cfg, base_dir)
+        _complete_plugins(cfg, resolved)
+        problems += _cross_problems(cfg, base_dir) + _declared_problems(cfg, targets)
     if cfg is not None and not problems and check_context:
         problems += preflight.local_context_problems(cfg, base_dir)
     if problems:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 
 class Section(BaseModel):
@@ -17,15 +17,29 @@ class Section(BaseModel):
 
 
 class Plugin(BaseModel):
-    """`{name: ..., **kwargs}`: kwargs go to the plug-in's constructor/function."""
+    """`{name: ..., **kwargs}`: kwargs go to the plug-in's constructor/function.
+
+    Validation (`rlvr.config.load.validate`) resolves `name` once and completes the kwargs: the
+    recipe's values converted to the annotated types, plus every signature default the recipe left
+    out, so the dumped config records what the plug-in gets.
+    """
 
     model_config = ConfigDict(extra="allow")
     name: str
+    _target: Any = PrivateAttr(None)
 
     @property
     def kwargs(self) -> dict[str, Any]:
         """Every key other than `name`, as a fresh dict (the plug-in's constructor/function arguments)."""
         return dict(self.model_extra or {})
+
+    @property
+    def target(self) -> Any:
+        """The function or class `name` resolved to when the recipe was validated."""
+        if self._target is None:
+            raise RuntimeError(f"plug-in {self.name!r} is not resolved: build plug-ins from a validated "
+                               "Config (rlvr.config.load.validate or load_config)")
+        return self._target
 
 
 class RunConfig(Section):

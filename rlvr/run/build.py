@@ -18,7 +18,7 @@ from rlvr.config.schema import DatasetConfig
 from rlvr.data import build_prompts, load_rows
 from rlvr.learner import BatchingConfig, KLSettings, Learner, OptimConfig, distributed
 from rlvr.learner.rollout_correction import rollout_is_weights
-from rlvr.registry import ADVANTAGE, AGGREGATION, ALLOCATOR, POLICY_LOSS, SAMPLER, build_plugin
+from rlvr.registry import build_plugin
 from rlvr.reward import RewardRunner
 from rlvr.rollout import HFEngine, RolloutEngine
 from rlvr.rollout.sync import default_tolerance
@@ -98,7 +98,9 @@ def make_reward_runner(cfg: Config, base_dir: Path | None) -> RewardRunner:
 
 
 def make_plugins(cfg: Config, prompts: list[Prompt], base_dir: Path | None) -> dict[str, Any]:
-    """sampler, allocator, advantage, policy_loss and aggregation, built by name from the registries."""
+    """sampler, allocator, advantage, policy_loss and aggregation, built from the plug-ins and kwargs
+    that validation resolved and converted (`Plugin.target`, `Plugin.kwargs`); `base_dir` is no
+    longer read: names resolve once, relative to the recipe, in `validate`."""
     context: dict[str, Any] = {
         "num_prompts": len(prompts),
         "prompt_uids": [p.uid for p in prompts],
@@ -108,14 +110,14 @@ def make_plugins(cfg: Config, prompts: list[Prompt], base_dir: Path | None) -> d
         "max_new_tokens": cfg.rollout.max_new_tokens,
     }
     # the estimator first: a sampler may read its state (e.g. SPO's tracker) through `advantage`
-    context["advantage"] = build_plugin(ADVANTAGE, cfg.advantage.name, cfg.advantage.kwargs, context, base_dir)
+    context["advantage"] = build_plugin(cfg.advantage.target, cfg.advantage.kwargs, context)
     sections = {
-        "sampler": (SAMPLER, cfg.sampling.sampler),
-        "allocator": (ALLOCATOR, cfg.sampling.allocator),
-        "policy_loss": (POLICY_LOSS, cfg.loss.policy),
-        "aggregation": (AGGREGATION, cfg.loss.aggregation),
+        "sampler": cfg.sampling.sampler,
+        "allocator": cfg.sampling.allocator,
+        "policy_loss": cfg.loss.policy,
+        "aggregation": cfg.loss.aggregation,
     }
-    built = {key: build_plugin(reg, p.name, p.kwargs, context, base_dir) for key, (reg, p) in sections.items()}
+    built = {key: build_plugin(p.target, p.kwargs, context) for key, p in sections.items()}
     return {**built, "advantage": context["advantage"]}
 
 

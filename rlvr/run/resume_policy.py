@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
+from rlvr.config.load import plugin_choices
 from rlvr.config.schema import Config
 from rlvr.errors import RlvrError
 
@@ -170,18 +171,21 @@ def changes(saved: dict[str, Any], current: dict[str, Any]) -> list[tuple[str, A
             if not _same(old.get(k, MISSING), new.get(k, MISSING))]
 
 
-def check_resume(current: dict[str, Any], checkpoint: Path) -> list[tuple[str, Any, Any]]:
+def check_resume(current: dict[str, Any], checkpoint: Path, base_dir: str | Path | None = None
+                 ) -> list[tuple[str, Any, Any]]:
     """Compare the recipe with the checkpoint's config.yaml.
 
     Returns the honoured changes (key, old, new) to announce (quiet ones left out); raises
     ResumeConflict listing every refused change. A checkpoint without config.yaml is not
-    checked.
+    checked. Plug-in sections are compared by what the recipe chose (`plugin_choices`: kwargs
+    equal to the plug-in's defaults left out, user plug-in files found relative to `base_dir`),
+    so a checkpoint written before configs recorded the defaults resumes as well.
     """
     path = Path(checkpoint) / "config.yaml"
     if not path.is_file():
         return []
     saved = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    diff = changes(saved, current)
+    diff = changes(plugin_choices(saved, base_dir), plugin_choices(current, base_dir))
     refused = [(k, a, b) for k, a, b in diff if decision(k) == REFUSE]
     if refused:
         lines = "\n".join(f"  {k}: {show(a)} -> {show(b)}" for k, a, b in refused)

@@ -120,8 +120,6 @@ def setup(cfg: Config, base_dir: Path | None, acc: Accelerator, signals: StopSig
     Raises before loading anything when the recipe may not resume the folder's checkpoint, and
     SignalStopped when a stop signal arrived during start-up (nothing new to save then).
     """
-    import rlvr.plugins  # noqa: F401  (registers the built-in plug-ins)
-
     run_dir = Path(cfg.run.output_dir)
     ckpt = resolve_resume(cfg.run.resume, run_dir, acc)  # checks it; a broken newest one is named and skipped
     if ckpt is None and cfg.run.resume == "never" and (run_dir / "checkpoints").is_dir():

@@ -1,5 +1,2 @@
-from rlvr.sampling import gvm, vade, vas  # noqa: F401  (registers 'gvm', 'vade', 'vas')
-from rlvr.sampling.fixed import FixedAllocator
-from rlvr.sampling.uniform import UniformSampler
-
-__all__ = ["FixedAllocator", "UniformSampler"]
+"""Stage 0, sampling: prompt samplers and sample allocators, one module per method (each registers
+itself when rlvr.registry looks a name up)."""

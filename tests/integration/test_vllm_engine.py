@@ -16,7 +16,6 @@ pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 from accelerate import Accelerator  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
-import rlvr.plugins  # noqa: E402, F401
 from rlvr.advantage.grpo import GRPO  # noqa: E402
 from rlvr.learner import BatchingConfig, Learner, OptimConfig, ppo_clip  # noqa: E402
 from rlvr.registry import AGGREGATION  # noqa: E402

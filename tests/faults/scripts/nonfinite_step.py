@@ -17,7 +17,6 @@ from transformers import AutoModelForCausalLM
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "integration" / "scripts"))
 from learner_step import T, local_batch
 
-import rlvr.plugins  # noqa: F401
 from rlvr.learner import BatchingConfig, Learner, OptimConfig, ppo_clip
 from rlvr.learner.distributed import make_accelerator
 from rlvr.registry import AGGREGATION

@@ -18,7 +18,6 @@ import sys
 import torch
 from transformers import AutoModelForCausalLM
 
-import rlvr.plugins  # noqa: F401
 from rlvr.learner import BatchingConfig, KLSettings, Learner, OptimConfig, ppo_clip
 from rlvr.learner.distributed import make_accelerator, whole_model_init
 from rlvr.registry import AGGREGATION

@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-import rlvr.plugins  # noqa: F401
 from rlvr.registry import ADVANTAGE
 from rlvr.types import AdvantageInput
 

@@ -48,7 +48,6 @@ def test_is_weights_reach_the_loss(tiny):
 
     from accelerate import Accelerator
 
-    import rlvr.plugins  # noqa: F401
     from rlvr.learner import BatchingConfig, Learner, OptimConfig, ppo_clip
     from rlvr.registry import AGGREGATION
     from rlvr.rollout import HFEngine, SamplingParams
