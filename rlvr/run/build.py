@@ -97,10 +97,10 @@ def make_reward_runner(cfg: Config, base_dir: Path | None) -> RewardRunner:
     )
 
 
-def make_plugins(cfg: Config, prompts: list[Prompt], base_dir: Path | None) -> dict[str, Any]:
+def make_plugins(cfg: Config, prompts: list[Prompt]) -> dict[str, Any]:
     """sampler, allocator, advantage, policy_loss and aggregation, built from the plug-ins and kwargs
-    that validation resolved and converted (`Plugin.target`, `Plugin.kwargs`); `base_dir` is no
-    longer read: names resolve once, relative to the recipe, in `validate`."""
+    that validation resolved and converted (`Plugin.target`, `Plugin.kwargs`): names resolve once,
+    relative to the recipe, in `validate`."""
     context: dict[str, Any] = {
         "num_prompts": len(prompts),
         "prompt_uids": [p.uid for p in prompts],

@@ -127,7 +127,7 @@ def setup(cfg: Config, base_dir: Path | None, acc: Accelerator, signals: StopSig
                               "or another run.output_dir (nothing was overwritten)")
     # a resumed run uses the recipe's values where they may change (announced below), and refuses
     # to start where they may not, before anything is loaded or written
-    honoured = check_resume(cfg.model_dump(mode="json"), ckpt) if ckpt is not None else []
+    honoured = check_resume(cfg.model_dump(mode="json"), ckpt, base_dir) if ckpt is not None else []
     set_seed(cfg.run.seed + acc.process_index)
     if cfg.sampling.prompts_per_step % acc.num_processes:
         raise ValueError(f"sampling.prompts_per_step ({cfg.sampling.prompts_per_step}) must be a multiple "
@@ -144,7 +144,7 @@ def setup(cfg: Config, base_dir: Path | None, acc: Accelerator, signals: StopSig
     model = build.load_model(weights, cfg)
     ref_model = build.load_model(cfg.model.ref_path or policy_path, cfg, trainable=False) if cfg.loss.kl.coef > 0 \
         else None
-    plugins = build.make_plugins(cfg, train_prompts, base_dir)
+    plugins = build.make_plugins(cfg, train_prompts)
     rewards = build.make_reward_runner(cfg, base_dir)
     learner = build.make_learner(cfg, model, ref_model, acc, plugins, pad_id=tokenizer.pad_token_id)
     engine = build.make_engine(cfg, learner, tokenizer, weights, acc)

@@ -21,6 +21,6 @@ def test_overrides_of_a_recipe_build_typed_plugins():
     cfg = load_config(recipe, ["advantage.epsilon=1e-4", "loss.policy.clip_high=3e-1"])
     from rlvr.types import Prompt
 
-    plugins = make_plugins(cfg, [Prompt('p#0', '1+2=', [1, 2], '3', {})], None)
+    plugins = make_plugins(cfg, [Prompt('p#0', '1+2=', [1, 2], '3', {})])
     assert plugins["advantage"].epsilon == 1e-4
     assert plugins["policy_loss"].keywords["clip_high"] == 0.3
