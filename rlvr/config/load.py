@@ -416,8 +416,35 @@ def _complete_plugins(cfg: Config, resolved: dict[str, Plugin]) -> None:
 
 
 def _declared_problems(cfg: Config, targets: dict[str, Any]) -> list[str]:
-    """What each configured plug-in's own `problems(cfg)` says (plug-ins that must go together)."""
-    return [p for key, obj in targets.items() for p in declared_problems(obj, cfg, f"{key}.name")]
+    """What each configured plug-in's own `problems(cfg)` says (plug-ins that must go together),
+    and the learner strategy's verdict on plug-ins that declare `needs_whole_gradients`."""
+    problems = [p for key, obj in targets.items() for p in declared_problems(obj, cfg, f"{key}.name")]
+    for key, obj in targets.items():
+        if getattr(obj, "needs_whole_gradients", False):
+            name = _section_at(cfg, key).name
+            problems += _whole_gradients_problems(cfg, f"{key}.name: {name}")
+    return problems
+
+
+def _section_at(cfg: Config, key: str) -> Any:
+    node: Any = cfg
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def _whole_gradients_problems(cfg: Config, who: str) -> list[str]:
+    """Per-sample gradient norms need each process to hold whole gradients: not under fsdp2, zero2
+    or zero3, whether named in learner.strategy or taken by `auto` from the launcher."""
+    from rlvr.learner.distributed import planned_strategy
+    from rlvr.learner.grad_norms import whole_gradients_problem
+
+    strategy = planned_strategy(cfg.learner.strategy)
+    problem = None if strategy is None else whole_gradients_problem(who, strategy)
+    if problem is None:
+        return []
+    return [problem + (" (learner.strategy: auto took it from accelerate launch)"
+                       if cfg.learner.strategy == "auto" else "")]
 
 
 def plugin_choices(raw: dict[str, Any], base_dir: str | Path | None = None) -> dict[str, Any]:

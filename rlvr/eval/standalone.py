@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rlvr.run import build
 from rlvr.config import Config
 from rlvr.eval.evaluate import evaluate
 from rlvr.rollout import HFEngine
+from rlvr.run import build
 
 
 def eval_model(model_dir: str | Path, cfg: Config, base_dir: Path | None = None) -> dict[str, float]:

@@ -252,19 +252,9 @@ class GVMAllocator:
     allocate([2, 0]) -> [0, 6].
     """
 
-    @staticmethod
-    def problems(cfg: Any) -> list[str]:
-        """Checked by `rlvr config validate` and by `rlvr train` before any model loads: stage 1's
-        per-sample gradient norms need each process to hold whole gradients (not fsdp2, zero2, zero3)."""
-        from rlvr.learner.distributed import planned_strategy
-        from rlvr.learner.grad_norms import whole_gradients_problem
-
-        strategy = planned_strategy(cfg.learner.strategy)
-        problem = None if strategy is None else whole_gradients_problem("sampling.allocator.name: gvm", strategy)
-        if problem is None:
-            return []
-        return [problem + (" (learner.strategy: auto took it from accelerate launch)"
-                           if cfg.learner.strategy == "auto" else "")]
+    # stage 1 takes per-sample gradient norms (Services.grad_norms), which need whole local gradients
+    # on each process: config validation refuses fsdp2/zero2/zero3 for a plug-in that says so
+    needs_whole_gradients = True
 
     def __init__(
         self,

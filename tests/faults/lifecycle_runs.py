@@ -96,8 +96,8 @@ def each_once(steps: list[int]) -> bool:
 def build_tiny(models: Path) -> Path:
     """The quickstart's tiny model, built once before any test process starts (so two processes
     never build it at the same time)."""
-    from rlvr.run import build
     from rlvr.config import load_config
+    from rlvr.run import build
 
     cfg = load_config(RECIPE, [f"model.path={models / 'tiny-digits'}"])
     return Path(build.model_dir(cfg, RECIPE.parent))

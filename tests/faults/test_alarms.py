@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from rlvr.run.alarms import Alarms
 from rlvr.config.schema import AlarmsConfig
+from rlvr.run.alarms import Alarms
 
 pytestmark = pytest.mark.faults
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from rlvr.run.lifecycle import LOCK_FILE, RunLock, RunLocked, holder_info
 from rlvr.metrics.logger import set_aside
+from rlvr.run.lifecycle import LOCK_FILE, RunLock, RunLocked, holder_info
 from tests.faults.lifecycle_runs import (
     build_tiny,
     each_once,
