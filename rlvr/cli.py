@@ -48,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`rlvr ...`: run one command; returns its exit code (an RlvrError's own code, with one line
+    instead of a traceback unless --debug)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     if args.debug:

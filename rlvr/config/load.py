@@ -77,6 +77,7 @@ class RecipeLoader(yaml.SafeLoader):
     """
 
     def construct_document(self, node: yaml.Node) -> Any:
+        """The document's data; raises DuplicateKeys naming every repeated key (dotted path, line)."""
         self._paths: dict[int, str] = {}
         self._duplicates: list[tuple[int, int, str]] = []  # (line, column) of the repeat, problem
         _name_mappings(node, "", self._paths)
@@ -86,6 +87,7 @@ class RecipeLoader(yaml.SafeLoader):
         return data
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        """One mapping, noting each key that appears twice in it instead of keeping the last silently."""
         seen: dict[Any, yaml.Node] = {}
         for key_node, _ in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":
@@ -133,6 +135,7 @@ def parse_yaml(text: str) -> Any:
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
+    """A recipe file's raw mapping; a missing file, bad YAML or repeated keys raise ConfigError."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError([f"file not found: {path}"], str(path))
@@ -518,6 +521,7 @@ def _reward_problems(reward: RewardConfig | None, base_dir: str | Path | None) -
 
 
 def reward_specs(cfg: Config) -> list[Any]:
+    """The recipe's reward functions as RewardSpecs (name, weight, kwargs), in recipe order."""
     return _specs(cfg.reward)
 
 
@@ -623,4 +627,5 @@ def load_config(path: str | Path, overrides: list[str] | None = None, *, check_i
 
 
 def to_yaml(cfg: Config) -> str:
+    """The validated config as YAML, plug-in defaults included (what config.yaml and `config show` hold)."""
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

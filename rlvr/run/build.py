@@ -52,6 +52,8 @@ def _dtype(cfg: Config) -> torch.dtype:
 
 
 def load_model(path: str | Path, cfg: Config, trainable: bool = True) -> torch.nn.Module:
+    """The causal LM at `path` in model.dtype; trainable: the policy (gradient checkpointing if asked),
+    else a frozen copy in eval mode (the KL reference)."""
     kwargs: dict[str, Any] = {"dtype": _dtype(cfg)}
     if cfg.model.attn_implementation:
         kwargs["attn_implementation"] = cfg.model.attn_implementation
@@ -68,6 +70,7 @@ def load_model(path: str | Path, cfg: Config, trainable: bool = True) -> torch.n
 
 
 def load_tokenizer(path: str | Path) -> Any:
+    """The tokenizer at `path`, padding with EOS when it defines no pad token."""
     tok = AutoTokenizer.from_pretrained(str(path))
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
@@ -89,6 +92,7 @@ def load_prompt_set(cfg: Config, ds: DatasetConfig, tokenizer: Any, base_dir: Pa
 
 
 def make_reward_runner(cfg: Config, base_dir: Path | None) -> RewardRunner:
+    """The reward runner of `reward` (user files named relative to the recipe's folder `base_dir`)."""
     r = cfg.reward
     return RewardRunner(
         reward_specs(cfg), timeout_s=r.timeout_s, on_failure=r.on_failure, workers=r.workers,
@@ -147,6 +151,7 @@ def kv_cache_gb(cfg: Config) -> float | None:
 
 
 def engine_dtype(cfg: Config) -> str:
+    """rollout.vllm.dtype, with auto meaning bfloat16 on GPU and float32 on CPU."""
     d = cfg.rollout.vllm.dtype
     return d if d != "auto" else ("bfloat16" if torch.cuda.is_available() else "float32")
 

@@ -152,6 +152,7 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def show(value: Any) -> str:
+    """A config value as a message shows it: floats short (3e-05), lists and dicts as JSON."""
     if isinstance(value, float):
         return format(value, "g")
     if isinstance(value, list | dict):
@@ -199,6 +200,7 @@ def check_resume(current: dict[str, Any], checkpoint: Path, base_dir: str | Path
 
 
 def change_lines(honoured: list[tuple[str, Any, Any]]) -> list[str]:
+    """One start-up line per key the resumed run takes from the recipe instead of the checkpoint."""
     return [f"rlvr: resuming with {k} {show(b)} (checkpoint: {show(a)})" for k, a, b in honoured]
 
 
