@@ -20,7 +20,7 @@ from rlvr.learner import BatchingConfig, KLSettings, Learner, OptimConfig, distr
 from rlvr.learner.rollout_correction import rollout_is_weights
 from rlvr.registry import build_plugin
 from rlvr.reward import RewardRunner
-from rlvr.rollout import HFEngine, RolloutEngine
+from rlvr.rollout import HFEngine, RolloutEngine, SamplingParams
 from rlvr.rollout.sync import default_tolerance
 from rlvr.types import Prompt
 
@@ -175,20 +175,29 @@ def make_rollout_correction(cfg: Config) -> Callable | None:
     return partial(rollout_is_weights, token_cap=rc.token_cap, sequence_mask=rc.sequence_mask)
 
 
+def sampling_params(cfg: Config) -> SamplingParams:
+    """The rollout's sampling settings: the one place temperature is read (engine and learner both
+    take it from here, since the learner's log-probs must be at the temperature the engine sampled at)."""
+    r = cfg.rollout
+    return SamplingParams(max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
+                          stop=tuple(r.stop))
+
+
 def make_learner(cfg: Config, model: torch.nn.Module, ref_model: torch.nn.Module | None, acc: Accelerator,
-                 plugins: dict[str, Any], pad_id: int) -> Learner:
-    """The learner of the `learner` section, with the loss plug-ins, KL and rollout correction of `loss`."""
+                 plugins: dict[str, Any], pad_id: int, params: SamplingParams) -> Learner:
+    """The learner of the `learner` section, with the loss plug-ins, KL and rollout correction of `loss`;
+    log-probs at the temperature of the rollout's `params`."""
     lc, kl = cfg.learner, cfg.loss.kl
     optim = OptimConfig(lr=lc.lr, weight_decay=lc.weight_decay, betas=lc.betas, warmup_steps=lc.warmup_steps,
                         schedule=lc.schedule, min_lr_ratio=lc.min_lr_ratio, total_steps=cfg.run.steps,
                         max_grad_norm=lc.max_grad_norm)
     batching = BatchingConfig(mini_batches_per_step=lc.mini_batches_per_step, epochs_per_step=lc.epochs_per_step,
-                              micro_batch_tokens=lc.micro_batch_tokens, max_new_tokens=cfg.rollout.max_new_tokens,
+                              micro_batch_tokens=lc.micro_batch_tokens, max_new_tokens=params.max_new_tokens,
                               pad_id=pad_id, seed=cfg.run.seed)
     return Learner(
         model, ref_model, acc,
         policy_loss=plugins["policy_loss"], aggregation=plugins["aggregation"], optim=optim, batching=batching,
-        temperature=cfg.rollout.temperature,
+        temperature=params.temperature,
         kl=KLSettings(coef=kl.coef, estimator=kl.estimator, in_loss=kl.where == "loss"),
         rollout_correction=make_rollout_correction(cfg), max_nonfinite_steps=lc.max_nonfinite_steps,
     )

@@ -146,11 +146,10 @@ def setup(cfg: Config, base_dir: Path | None, acc: Accelerator, signals: StopSig
         else None
     plugins = build.make_plugins(cfg, train_prompts)
     rewards = build.make_reward_runner(cfg, base_dir)
-    learner = build.make_learner(cfg, model, ref_model, acc, plugins, pad_id=tokenizer.pad_token_id)
+    params = build.sampling_params(cfg)
+    learner = build.make_learner(cfg, model, ref_model, acc, plugins, tokenizer.pad_token_id, params)
     engine = build.make_engine(cfg, learner, tokenizer, weights, acc)
     sync_every, sync_tolerance = build.sync_check(cfg)
-    params = SamplingParams(max_new_tokens=cfg.rollout.max_new_tokens, temperature=cfg.rollout.temperature,
-                            top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k, stop=tuple(cfg.rollout.stop))
     run = Run(
         cfg, run_dir, acc, tokenizer, train_prompts, eval_prompts, plugins["sampler"], plugins["allocator"],
         plugins["advantage"], rewards, learner, engine, params,
