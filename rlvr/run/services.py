@@ -17,10 +17,10 @@ from typing import Any
 import torch
 from accelerate.utils import gather_object
 
-from rlvr.buffer import as_batch
+from rlvr.learner.batching import pairs_batch
 from rlvr.reward import score_rollouts
 from rlvr.rollout import SamplingParams
-from rlvr.types import AdvantageBatch, Prompt, PromptBatch, Rollouts, ScoredRollouts
+from rlvr.types import Prompt, PromptBatch
 
 
 class TrainerServices:
@@ -80,9 +80,9 @@ class TrainerServices:
         if not mine and self.world > 1 and prompt_ids:
             # fewer sequences than processes: the policy's forwards are collective (see
             # Batcher.equalise), so this process scores the first sequence and drops the result
-            self.learner.logprobs(_batch_of(prompt_ids[:1], response_ids[:1], self.learner.pad_id), use_ref=False)
+            self.learner.logprobs(pairs_batch(prompt_ids[:1], response_ids[:1], self.learner.pad_id), use_ref=False)
         if mine:
-            batch = _batch_of([prompt_ids[i] for i in mine], [response_ids[i] for i in mine], self.learner.pad_id)
+            batch = pairs_batch([prompt_ids[i] for i in mine], [response_ids[i] for i in mine], self.learner.pad_id)
             lp = self.learner.logprobs(batch, use_ref=False)
             local = [(i, lp[j, : len(response_ids[i])]) for j, i in enumerate(mine)]
         return [t for _, t in sorted(self._gather(local), key=lambda x: x[0])]
@@ -95,16 +95,3 @@ class TrainerServices:
         norms = self.learner.grad_norms([prompt_ids[i] for i in mine], [response_ids[i] for i in mine], param_match)
         return [g for _, g in sorted(self._gather(list(zip(mine, norms))), key=lambda x: x[0])]
 
-
-def _batch_of(prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int) -> AdvantageBatch:
-    """Given (prompt, response) token pairs, one group each, as a batch the learner can pack."""
-    n = len(prompt_ids)
-    width = max([len(r) for r in response_ids] + [1])
-    ids = torch.full((n, width), pad_id, dtype=torch.long)
-    mask = torch.zeros(n, width)
-    for i, r in enumerate(response_ids):
-        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-        mask[i, : len(r)] = 1.0
-    prompts = [Prompt(f"probe#{i}", "", p, None, {}) for i, p in enumerate(prompt_ids)]
-    ro = Rollouts(prompts, torch.arange(n), ids, mask, torch.zeros(n, width), [""] * n, ["stop"] * n)
-    return as_batch(ScoredRollouts(ro, torch.zeros(n), {}, torch.zeros(n, dtype=torch.bool)))
