@@ -1,6 +1,7 @@
 """Records that flow between the stages of one training step.
 
 Shape letters, defined here once and used in every docstring and comment of the package:
+    D    prompts in the training set (per-prompt state of samplers and allocators is [D])
     P    prompts in a step (one group of samples each; a prompt drawn twice is two groups)
     G    samples per prompt, i.e. the size of a group
     G_j  samples of prompt j, when the allocator gives prompts different counts
@@ -10,6 +11,8 @@ Shape letters, defined here once and used in every docstring and comment of the 
     S    full sequence length (prompt + response) of a micro-batch row
     V    vocabulary size
     B    rows of one micro-batch (B <= N)
+    H    hidden size of the model (a parameter such as the token embedding is [V, H])
+A suffix names a share: N_r is the samples of process r (the rows this process generated).
 A shape is written in brackets, e.g. [N, T]; a Python list of length N is written "N".
 
     prompts --sampling--> PromptBatch --rollout--> Rollouts --reward--> ScoredRollouts

@@ -42,7 +42,7 @@ def per_sample_grad_norms(model: torch.nn.Module, unwrapped: torch.nn.Module, ac
 
     Shapes: one micro-batch [1, S] per pair, log-probs [1, T]; returns N floats for N pairs.
     Example: pairs (x1, y1), (x2, y2) with param_match "embed_tokens" -> [|g1|, |g2|], g_i the
-    gradient of pair i's loss on the [V, d] token embedding.
+    gradient of pair i's loss on the [V, H] token embedding.
     """
     param = next((p for n, p in unwrapped.named_parameters() if param_match in n), None)
     if param is None:

@@ -69,7 +69,7 @@ def sentence_bleu_123(hypothesis: Sequence[int], references: Sequence[Sequence[i
                no unigram match at all -> BLEU = 0
         BP   = 1 if |hyp| > L_ref, 0 if |hyp| = 0, else exp(1 − L_ref / |hyp|), with L_ref the
                reference length closest to |hyp| (the shorter one on a tie).
-    hypothesis [L] ints, references: lists of ints -> float in [0, 1].
+    hypothesis: a list of ints, references: lists of ints -> float in [0, 1].
     Example: [1, 2, 3] vs [[1, 2, 4]] -> p1 = 2/3, p2 = 1/2, p3 = 0.1/1, BP = 1,
     BLEU = (2/3 · 1/2 · 0.1)^(1/3) = 0.3218; [1, 2] vs [[1, 2]] -> p3 = 0.1/1 -> 0.1^(1/3) = 0.4642.
     """

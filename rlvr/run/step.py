@@ -133,9 +133,9 @@ def gather_step(scored: ScoredRollouts, rewards: torch.Tensor, prompt_indices: l
                 world: int, strata: list | None = None, with_outcome: bool = False
                 ) -> tuple[AdvantageInput, torch.Tensor, StepOutcome | None]:
     """The step batch of all processes, in one gather: the estimator's input, this process's rows
-    in it ([N_local] long), and (with_outcome) the StepOutcome for `observe` hooks.
+    in it ([N_r] long), and (with_outcome) the StepOutcome for `observe` hooks.
 
-    `rewards` ([N_local]) are what the estimator sees (after any KL shaping); the outcome keeps
+    `rewards` ([N_r]) are what the estimator sees (after any KL shaping); the outcome keeps
     the scored rewards. Responses travel only when an outcome is wanted.
     """
     ro = scored.rollouts

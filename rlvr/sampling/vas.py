@@ -62,8 +62,8 @@ def vps_scores(metrics: Mapping[str, Sequence[float]], weights: Mapping[str, flo
     """Variance Promotion Score per prompt: Σ_m weight_m · metric_m.
 
     MMR1 §3, VPS = α·OVS + β·TDS; the reference allows any weighted sum of named metrics.
-    metrics: name -> [num_prompts] values; weights: name -> float (every weighted name must be
-    in `metrics`) -> [num_prompts].
+    metrics: name -> [D] values; weights: name -> float (every weighted name must be
+    in `metrics`) -> [D].
     Example: {"ovs": [0, 0.25, 0.1875], "tds": [1, 0.95, 0.39]}, {"ovs": 0.8, "tds": 0.2}
     -> [0.2, 0.39, 0.228].
     """
@@ -80,7 +80,7 @@ def vps_scores(metrics: Mapping[str, Sequence[float]], weights: Mapping[str, flo
 def minmax_weights(scores: Sequence[float]) -> list[float]:
     """Min-max normalise the scores over the dataset: (c − min) / (max − min + 1e-8).
 
-    MMR1 reference trainer (spec §6.2). scores [num_prompts] -> weights [num_prompts] in [0, 1):
+    MMR1 reference trainer (spec §6.2). scores [D] -> weights [D] in [0, 1):
     the lowest-scoring prompt gets weight exactly 0, the highest 1 − O(1e-8); all-equal scores
     give all zeros (see VASSampler's uniform fallback).
     Example: [0.0, 0.25, 0.1875] -> [0.0, 0.99999996, 0.74999997].
@@ -95,7 +95,7 @@ def momentum_blend(old: Sequence[float], new: Sequence[float], momentum: float) 
     """Exponential smoothing of the sampling weights: μ·old + (1 − μ)·new.
 
     MMR1 reference trainer (spec §6.2; its config uses μ = 0, i.e. no smoothing).
-    old, new [num_prompts] -> [num_prompts].
+    old, new [D] -> [D].
     Example: old [0.2, 0.9, 0.5], new [0, 1, 0.75], μ = 0.5 -> [0.1, 0.95, 0.625].
     """
     if len(old) != len(new):
@@ -127,8 +127,8 @@ def mixed_index_list(
 ) -> tuple[list[int], int]:
     """One pass of the reference's mixed sampler: n indices, batch after batch (spec §6.1).
 
-    MMR1 reference sampler. weights [n] (>= 0, positive sum), perm [n] the run's fixed
-    permutation, position q into it -> (indices [n], new q). Draws, in order, from `generator`:
+    MMR1 reference sampler. weights [D] (>= 0, positive sum), perm [D] the run's fixed
+    permutation, position q into it -> (n indices, new q). Draws, in order, from `generator`:
     multinomial(weights as float64, n, with replacement) then randperm(n) to shuffle those draws.
     With k = ⌊B·λ⌋, full batch b takes W[b·k : (b+1)·k] and B − k entries of perm from q (q
     restarts at 0, no reshuffle, when fewer than that are left), interleaved weighted-first;
@@ -208,7 +208,7 @@ class ReferenceMixedOrder:
     def next_batch(self, weights: Sequence[float], batch_size: int) -> list[int]:
         """The next `batch_size` dataset indices of the current list, rebuilding it when needed.
 
-        weights [num_prompts]. A fresh list is drawn when the weights changed (`invalidate`), the batch
+        weights [D]. A fresh list is drawn when the weights changed (`invalidate`), the batch
         size changed, or fewer than `batch_size` entries are left (the drop-last tail is skipped).
         Example: 5 prompts, batch_size 2 -> batches 1 and 2 take entries 0-3 of one list, batch 3 starts a
         new list (entry 4 is the skipped tail).
