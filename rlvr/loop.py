@@ -17,9 +17,9 @@ from rlvr.run.setup import setup
 from rlvr.run.step import (
     StepClock,
     advantages,
-    collect,
     end_step,
     finish,
+    next_rollouts,
     observe,
     refresh,
     step_metrics,
@@ -42,7 +42,7 @@ def train(cfg: Config, base_dir: Path | None = None) -> Path:
                 clock = StepClock()
                 hooks = refresh(run, step)  # plug-in work beyond the batch (VAS re-scoring, GVM estimation)
                 clock.mark("refresh")
-                scored, prompt_indices, sampled = collect(run)  # 0-2: prompts, rollouts, rewards
+                scored, prompt_indices, sampled = next_rollouts(run, step)  # 0-2: now, or from the workers' buffer
                 run.engine.sleep()  # an engine with a sleep mode (vLLM on GPU) frees its memory for the learner
                 clock.mark("rollout")
                 batch, outcome, estimated = advantages(run, scored, prompt_indices, step)  # 3: all processes' groups

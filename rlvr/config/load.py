@@ -426,6 +426,33 @@ def _declared_problems(cfg: Config, targets: dict[str, Any]) -> list[str]:
         if getattr(obj, "needs_whole_gradients", False):
             name = _section_at(cfg, key).name
             problems += _whole_gradients_problems(cfg, f"{key}.name: {name}")
+    return problems + _async_problems(cfg, targets)
+
+
+def _async_problems(cfg: Config, targets: dict[str, Any]) -> list[str]:
+    """What asynchronous training (rollout.max_staleness >= 1) and the workers' settings cannot do.
+
+    A plug-in with a `refresh` hook (VAS re-scoring, GVM's estimation, SPO's offline start) runs
+    generation or learner passes through the trainer before each step's prompts are drawn; with
+    the next steps already being generated there is no such point, so it needs k = 0.
+    """
+    r = cfg.rollout
+    problems = []
+    if r.max_staleness and r.mode == "colocated":
+        problems.append(f"rollout.max_staleness: {r.max_staleness} needs rollout.mode: disaggregated (a colocated "
+                        "engine generates and trains in turn, so nothing can overlap)")
+    if r.max_staleness:
+        for key, obj in targets.items():
+            if callable(getattr(obj, "refresh", None)):
+                problems.append(f"{key}.name: {_section_at(cfg, key).name} has a refresh hook (work through the "
+                                "trainer before each step's prompts are drawn), which needs synchronous steps: set "
+                                "rollout.max_staleness: 0 or choose another plug-in")
+    if r.workers.urls and r.engine != "vllm":
+        problems.append("rollout.workers.urls: workers are vLLM servers (`rlvr serve`); set rollout.engine: vllm, "
+                        "or leave the list empty for the in-process hf worker")
+    if r.mode == "disaggregated" and r.engine == "vllm" and r.vllm.sleep_mode:
+        problems.append("rollout.vllm.sleep_mode: disaggregated workers keep their memory (they are not on the "
+                        "learner's devices); set it to false")
     return problems
 
 

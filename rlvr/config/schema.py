@@ -128,9 +128,37 @@ class VLLMConfig(Section):
     max_num_seqs: int = Field(256, ge=1, description="sequences decoded concurrently")
 
 
+class WorkersConfig(Section):
+    """The rollout workers of `rollout.mode: disaggregated`: vLLM OpenAI servers (`rollout.engine: vllm`)
+    or, with `engine: hf`, one in-process copy of the policy generating on its own thread."""
+
+    urls: list[str] = Field(default_factory=list, description="running workers to use (`rlvr serve`), e.g. "
+                            "http://node7:8100; empty: rlvr starts `num` of them on this machine")
+    num: int = Field(1, ge=1, description="workers rlvr starts when `urls` is empty (vllm engine)")
+    port: int = Field(8100, ge=1, le=65535, description="port of the first started worker (the next get +1, ...)")
+    request_timeout_s: float = Field(600.0, gt=0.0, description="a request without an answer by then marks its "
+                                     "worker down; its groups go to the others")
+    health_every_s: float = Field(5.0, gt=0.0, description="seconds between health checks of every worker")
+    restart: bool = Field(True, description="restart a started worker that died (URL workers are only retried)")
+    log_dir: str | None = Field(None, description="started workers' logs; default: <run.output_dir>/workers")
+
+
 class RolloutConfig(Section):
     engine: Literal["hf", "vllm"] = Field("hf", description="hf: transformers generate with the learner's module; "
                                           "vllm: a colocated vLLM engine per process")
+    mode: Literal["colocated", "disaggregated"] = Field(
+        "colocated", description="colocated: each learner process generates its share, then trains; "
+        "disaggregated: rollout workers of their own (rollout.workers) feed a buffer the learner takes from")
+    max_staleness: int = Field(0, ge=0, description="disaggregated: how many policy versions a trained sample may "
+                               "lag the learner; 0 is the synchronous run, k >= 1 overlaps generating the next k "
+                               "steps with the update")
+    stale: Literal["drop", "regenerate"] = Field(
+        "regenerate", description="a group older than max_staleness when the learner reaches it: dropped (the "
+        "step trains on fewer groups) or generated again with the current weights; both are counted")
+    in_flight: Literal["finish", "abort"] = Field(
+        "finish", description="requests running when new weights arrive: finish on the old weights (their "
+        "policy version says so), or are aborted and generated again after the update")
+    workers: WorkersConfig = Field(default_factory=WorkersConfig)
     vllm: VLLMConfig = Field(default_factory=VLLMConfig)
     sync_check_every: int | None = Field(None, ge=0, description="steps between weight-sync probes (0: never); "
                                          "default 1 for engines with their own weights, 0 for hf")
@@ -187,7 +215,8 @@ class RolloutCorrectionConfig(Section):
     """Importance weights for the gap between the engine's and the learner's token probabilities."""
 
     apply: Literal["auto", "always", "never"] = Field(
-        "auto", description="auto: on with the vllm engine, off with hf (same module: no gap to correct)")
+        "auto", description="auto: on with the vllm engine and with rollout workers (samples up to "
+        "rollout.max_staleness versions old), off with the colocated hf engine (same module: no gap to correct)")
     token_cap: float | None = Field(2.0, gt=0.0, description="truncate each token's weight at this cap (TIS); "
                                     "null: no token weights")
     sequence_mask: tuple[float, float] | None = Field(

@@ -44,6 +44,34 @@ class RolloutEngine(Protocol):
         ...
 
 
+class GenerationAborted(Exception):
+    """A worker stopped a generation because new weights arrived (`rollout.in_flight: abort`)."""
+
+
+class NoEngine:
+    """The engine of a learner process without a rollout worker of its own (disaggregated runs,
+    processes other than 0): it takes part in every weight push, since gathering the weights may
+    be collective (FSDP2, ZeRO-3), and has nothing to probe."""
+
+    shares_learner_weights = False
+
+    def generate(self, batch: PromptBatch, params: SamplingParams) -> Rollouts:
+        """Never called: process 0 generates every process's groups."""
+        raise RuntimeError("rollout: this learner process has no rollout worker (process 0 generates for all)")
+
+    def update_weights(self, weights: WeightsFn) -> None:
+        """Take part in gathering the weights; nothing is kept."""
+        for _ in weights():
+            pass
+
+    def sequence_logprobs(self, token_ids: list[int]) -> torch.Tensor:
+        """No engine, no gap: an empty probe (rlvr.rollout.sync.probe_gap reads it as 0)."""
+        return torch.zeros(0)
+
+    def sleep(self) -> None:
+        """Nothing to free."""
+
+
 def cut_response(tokens: Sequence[int], decode: Callable[[Sequence[int]], str], eos_ids: Sequence[int],
                  pad_id: int | None, stop: Sequence[str]) -> tuple[int, str, str]:
     """Length kept, finish reason and text of one generated row (the same rule for every engine).

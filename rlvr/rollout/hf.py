@@ -7,10 +7,19 @@ separate copy (e.g. a bf16 inference copy of an fp32 learner).
 
 from __future__ import annotations
 
+import threading
+
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
 
-from rlvr.rollout.base import SamplingParams, WeightsFn, assemble_rollouts, end_token_ids, rows_of
+from rlvr.rollout.base import (
+    GenerationAborted,
+    SamplingParams,
+    WeightsFn,
+    assemble_rollouts,
+    end_token_ids,
+    rows_of,
+)
 from rlvr.types import PromptBatch, Rollouts
 
 
@@ -46,10 +55,24 @@ class StopOnStrings(StoppingCriteria):
         return torch.tensor([any(s in t for s in self.stops) for t in texts], device=input_ids.device)
 
 
+class StopOnEvent(StoppingCriteria):
+    """Stops every row once `event` is set (an interruptible worker's abort)."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
 class HFEngine:
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, batch_prompts: int = 64,
-                 shares_learner_weights: bool = True, synced: bool = False):
+                 shares_learner_weights: bool = True, synced: bool = False, interruptible: bool = False):
         self.model = model
+        # interruptible: a worker generating on its own thread; `abort` (new weights are coming) ends the
+        # running generate() at its next token with GenerationAborted, and `resume` lets the next one run
+        self.interruptible = interruptible
+        self._abort = threading.Event()
         # synced: the model is sharded over processes (FSDP2, ZeRO-3), so each forward is collective:
         # every process runs the same number of generate() calls, and ranks that finish a call early
         # keep stepping with the others (transformers' synced_gpus) instead of deadlocking them
@@ -59,6 +82,14 @@ class HFEngine:
         self.batch_prompts = batch_prompts
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.eos_ids = end_token_ids(model.generation_config.eos_token_id, tokenizer.eos_token_id)
+
+    def abort(self) -> None:
+        """Stop the generation in flight (it raises GenerationAborted) and refuse new ones until `resume`."""
+        self._abort.set()
+
+    def resume(self) -> None:
+        """Generate again after an `abort`."""
+        self._abort.clear()
 
     def update_weights(self, weights: WeightsFn) -> None:
         """Copy the learner's tensors into this engine's model; nothing to do when it is the learner's own."""
@@ -105,6 +136,8 @@ class HFEngine:
                 self._generate_chunk([seqs[0] if seqs else [self.pad_id]], params)
         finally:
             self.model.train(was_training)
+        if self._abort.is_set():
+            raise GenerationAborted("generation aborted: new weights arrived")
         return self._assemble(batch, group, ids_out, lp_out, params)
 
     def _missing_chunks(self, count: int) -> int:
@@ -137,9 +170,13 @@ class HFEngine:
             kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k or None)
         else:  # neutralise sampling defaults a checkpoint's generation_config may carry
             kwargs.update(temperature=None, top_p=None, top_k=None)
+        criteria = []
         if params.stop:
-            stops = StopOnStrings(self.tokenizer, params.stop, input_ids.shape[1])
-            kwargs["stopping_criteria"] = StoppingCriteriaList([stops])
+            criteria.append(StopOnStrings(self.tokenizer, params.stop, input_ids.shape[1]))
+        if self.interruptible:
+            criteria.append(StopOnEvent(self._abort))
+        if criteria:
+            kwargs["stopping_criteria"] = StoppingCriteriaList(criteria)
         out = self.model.generate(input_ids=input_ids.to(device), attention_mask=attn.to(device), **kwargs)
         new = out.sequences[:, input_ids.shape[1] :].cpu()
         # log p of each generated token under the policy at this temperature (learner's convention)

@@ -21,6 +21,7 @@ from rlvr.learner.rollout_correction import rollout_is_weights
 from rlvr.registry import build_plugin
 from rlvr.reward import RewardRunner
 from rlvr.rollout import HFEngine, RolloutEngine, SamplingParams
+from rlvr.rollout.base import NoEngine
 from rlvr.rollout.sync import default_tolerance
 from rlvr.types import Prompt
 
@@ -129,6 +130,8 @@ def make_engine(cfg: Config, learner: Learner, tokenizer: Any, model_path: str |
                 ) -> RolloutEngine:
     """The rollout engine of `rollout.engine`; vllm loads `model_path` (then gets pushed weights)."""
     r = cfg.rollout
+    if r.mode == "disaggregated":
+        return make_workers(cfg, tokenizer, model_path, acc)
     if r.engine == "hf":
         return HFEngine(learner.unwrapped, tokenizer, batch_prompts=r.batch_prompts, synced=learner.sharded)
     from rlvr.rollout.vllm import VLLMEngine
@@ -141,6 +144,21 @@ def make_engine(cfg: Config, learner: Learner, tokenizer: Any, model_path: str |
         tensor_parallel_size=v.tensor_parallel_size, max_model_len=v.max_model_len, enforce_eager=v.enforce_eager,
         sleep_mode=torch.cuda.is_available() if v.sleep_mode is None else v.sleep_mode, max_num_seqs=v.max_num_seqs,
     )
+
+
+def make_workers(cfg: Config, tokenizer: Any, model_path: str | Path, acc: Accelerator) -> RolloutEngine:
+    """The rollout workers of process 0 (rollout.mode: disaggregated); the other processes get a
+    stand-in that only takes part in the weight push. With engine hf the worker is an in-process
+    copy of the policy (loaded from `model_path`, then given the learner's weights) that generates
+    on the producer's thread."""
+    r = cfg.rollout
+    if acc.process_index != 0:
+        return NoEngine()
+    if r.engine == "hf":
+        copy = load_model(model_path, cfg, trainable=False).to(acc.device)
+        return HFEngine(copy, tokenizer, batch_prompts=r.batch_prompts, shares_learner_weights=False,
+                        interruptible=True)
+    raise NotImplementedError("rollout.engine: vllm with rollout.mode: disaggregated (vLLM servers) comes next")
 
 
 def kv_cache_gb(cfg: Config) -> float | None:
@@ -158,9 +176,9 @@ def engine_dtype(cfg: Config) -> str:
 
 def sync_check(cfg: Config) -> tuple[int, float | None]:
     """(steps between weight-sync probes, tolerance): by default every step for engines that hold
-    their own weights, never for hf (it generates with the learner's module)."""
+    their own weights, never for the colocated hf engine (it generates with the learner's module)."""
     r = cfg.rollout
-    every = r.sync_check_every if r.sync_check_every is not None else int(r.engine != "hf")
+    every = r.sync_check_every if r.sync_check_every is not None else int(r.engine != "hf" or r.mode != "colocated")
     tol = r.sync_tolerance if r.sync_tolerance is not None else default_tolerance(
         engine_dtype(cfg) if r.engine == "vllm" else "float32")
     return every, tol
@@ -169,7 +187,11 @@ def sync_check(cfg: Config) -> tuple[int, float | None]:
 def make_rollout_correction(cfg: Config) -> Callable | None:
     """Importance weights between engine and learner (loss.rollout_correction), or None when off."""
     rc = cfg.loss.rollout_correction
-    on = rc.apply == "always" or (rc.apply == "auto" and cfg.rollout.engine != "hf")
+    # auto: on unless the samples come from the learner's own weights: the colocated hf engine, or
+    # the in-process hf worker at max_staleness 0 (its copy holds the same weights; gaps ~1e-7)
+    r = cfg.rollout
+    own = r.engine == "hf" and (r.mode == "colocated" or r.max_staleness == 0)
+    on = rc.apply == "always" or (rc.apply == "auto" and not own)
     if not on or (rc.token_cap is None and rc.sequence_mask is None):
         return None
     return partial(rollout_is_weights, token_cap=rc.token_cap, sequence_mask=rc.sequence_mask)

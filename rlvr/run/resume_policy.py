@@ -51,6 +51,11 @@ RULES: dict[str, str] = {
     "rollout": REFUSE,
     # ... but not how fast or with how much memory, nor how often the weight sync is checked
     "rollout.batch_prompts": HONOUR,
+    "rollout.mode": HONOUR,  # the buffer is regenerated on resume, so either mode continues the run
+    "rollout.max_staleness": HONOUR,
+    "rollout.stale": HONOUR,
+    "rollout.in_flight": HONOUR,
+    "rollout.workers": HONOUR,
     "rollout.sync_check_every": HONOUR,
     "rollout.sync_tolerance": HONOUR,
     "rollout.vllm": HONOUR,

@@ -9,9 +9,11 @@ the checkpoint last, once every object they belong to exists.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +34,10 @@ from rlvr.rollout.sync import push_and_verify
 from rlvr.run import build
 from rlvr.run.alarms import Alarms
 from rlvr.run.lifecycle import CheckpointClock, SignalStopped, StopSignals, signal_name, write_atomically
+from rlvr.run.pipeline import Pipeline
 from rlvr.run.resume_policy import apply_optimizer_changes, change_lines, check_resume
 from rlvr.run.services import TrainerServices
+from rlvr.sampling.draw import draw
 from rlvr.types import Prompt
 
 
@@ -62,6 +66,9 @@ class Run:
     sync_tolerance: float | None
     start: int = 0  # the last step already done (the checkpoint's step when resuming)
     checkpoint_dir: Path | None = None  # the checkpoint this run resumed from
+    pipeline: Pipeline | None = None  # rollout.mode: disaggregated: the workers' producer and buffer
+    # the plug-ins' state: drawn from by the producer thread, observed and saved by the learner's
+    plugin_lock: threading.RLock = field(default_factory=threading.RLock)
     clock: CheckpointClock = field(init=False)  # time-based checkpoints, started just before the first step
 
     @property
@@ -77,8 +84,9 @@ class Run:
     @property
     def stateful(self) -> dict[str, Any]:
         """The objects whose state a checkpoint holds, by the key it is saved under."""
-        return {"sampler": self.sampler, "allocator": self.allocator, "advantage": self.estimator,
-                "learner": self.learner, "alarms": self.alarms}
+        objects = {"sampler": self.sampler, "allocator": self.allocator, "advantage": self.estimator,
+                   "learner": self.learner, "alarms": self.alarms}
+        return objects if self.pipeline is None else {**objects, "pipeline": self.pipeline}
 
     def hooked(self, method: str) -> list[Any]:
         """The plug-ins (sampler, allocator, estimator) that define the optional hook `method`."""
@@ -87,28 +95,38 @@ class Run:
     def evaluate(self, step: int) -> None:
         """The recipe's evaluation (greedy accuracy, pass@k) with the current weights, logged at `step`."""
         e, cfg = self.cfg.eval, self.cfg
-        m = evaluate(self.engine, self.eval_prompts[: e.max_prompts], self.rewards,
-                     max_new_tokens=e.max_new_tokens or cfg.rollout.max_new_tokens, stop=self.params.stop,
-                     samples=e.samples, ks=e.ks, temperature=e.temperature, process_index=self.rank,
-                     num_processes=self.world)
+        # disaggregated: process 0's worker evaluates every prompt, between two batches of the producer
+        rank, world = (self.rank, self.world) if self.pipeline is None else (0, 1)
+        if self.pipeline is not None and self.rank != 0:
+            return
+        with self.pipeline.paused() if self.pipeline is not None else nullcontext():
+            m = evaluate(self.engine, self.eval_prompts[: e.max_prompts], self.rewards,
+                         max_new_tokens=e.max_new_tokens or cfg.rollout.max_new_tokens, stop=self.params.stop,
+                         samples=e.samples, ks=e.ks, temperature=e.temperature, process_index=rank,
+                         num_processes=world)
         self.logger.log(step, m)
 
     def checkpoint(self, step: int) -> Path:
         """Write the checkpoint of `step` (weights, optimiser, every plug-in's state, RNG); returns its folder."""
-        state = {"step": step,
-                 "plugins": {k: o.state_dict() for k, o in self.stateful.items() if hasattr(o, "state_dict")}}
+        with self.plugin_lock:  # the sampler's state and the producer's pending draws, as of one moment
+            state = {"step": step,
+                     "plugins": {k: o.state_dict() for k, o in self.stateful.items() if hasattr(o, "state_dict")}}
         self.clock.reset()
         return save_checkpoint(self.dir, step, model=self.learner.model, tokenizer=self.tokenizer, state=state,
                                config_yaml=to_yaml(self.cfg), keep_last=self.cfg.checkpoint.keep_last,
                                accelerator=self.acc, shards=self.learner.save_shards)
 
-    def sync_weights(self, probe: list[int] | None) -> dict[str, float]:
-        """Push the learner's weights into the engine; with a probe sequence, check that both agree."""
-        return push_and_verify(self.engine, self.learner.full_weights, self.learner.sequence_logprobs, probe,
-                               self.sync_tolerance, world_max=lambda x: reduce_max(x, self.world))
+    def sync_weights(self, probe: list[int] | None, version: int) -> dict[str, float]:
+        """Push the learner's weights (those after step `version`) into the engine; with a probe
+        sequence, check that both agree. Disaggregated: when the in-flight policy allows."""
+        push = partial(push_and_verify, self.engine, self.learner.full_weights, self.learner.sequence_logprobs,
+                       probe, self.sync_tolerance, world_max=lambda x: reduce_max(x, self.world))
+        return push() if self.pipeline is None else self.pipeline.push(version, push)
 
     def close(self) -> None:
-        """Stop the reward workers and close the metric sinks (safe to call twice)."""
+        """Stop the rollout producer and the reward workers, close the metric sinks (safe to call twice)."""
+        if self.pipeline is not None:
+            self.pipeline.stop()
         self.rewards.close()
         self.logger.close()
 
@@ -160,6 +178,8 @@ def setup(cfg: Config, base_dir: Path | None, acc: Accelerator, signals: StopSig
         stratum_fn=load_object(cfg.rollout.stratum, base_dir) if cfg.rollout.stratum else None,
         sync_every=sync_every, sync_tolerance=sync_tolerance, checkpoint_dir=ckpt,
     )
+    if cfg.rollout.mode == "disaggregated":
+        run.pipeline = make_pipeline(run)
     try:
         if ckpt is not None:
             resume(run, ckpt, honoured)
@@ -172,7 +192,7 @@ def setup(cfg: Config, base_dir: Path | None, acc: Accelerator, signals: StopSig
         if not engine.shares_learner_weights:  # the engine loaded from disk: start it from the learner's tensors
             # probed too: an engine that reads the architecture differently fails here, before any training
             first = train_prompts[0].token_ids
-            run.sync_weights(first if run.sync_every and len(first) > 1 else None)
+            run.sync_weights(first if run.sync_every and len(first) > 1 else None, version=run.start)
         # A stop asked for during start-up (a signal on any process) ends the run before its first
         # step: nothing new to save. Later ones are acted on at the end of the step they arrive in.
         if run.start < cfg.run.steps and (early := int(reduce_max(signals.received or 0, run.world))):
@@ -182,11 +202,26 @@ def setup(cfg: Config, base_dir: Path | None, acc: Accelerator, signals: StopSig
         if run.start == 0 and cfg.eval.at_start:
             run.evaluate(0)
         run.clock = CheckpointClock(cfg.checkpoint.every_minutes)
+        if run.pipeline is not None:
+            run.pipeline.start(run.start)
         yield run
     finally:
+        if run.pipeline is not None:
+            run.pipeline.stop()
         rewards.close()
         if run.logger is not None:
             run.logger.close()
+
+
+def make_pipeline(run: Run) -> Pipeline:
+    """The producer and buffer of the rollout workers; process 0's producer generates every process's
+    groups (one share, world = 1) with the sampler's draws recorded for checkpoints."""
+    r = run.cfg.rollout
+    from rlvr.run.step import collect  # the step's own stages 0-2, run on the producer's thread
+
+    return Pipeline(
+        partial(collect, run, world=1), partial(draw, run.sampler, run.allocator), run.engine,
+        k=r.max_staleness, stale=r.stale, in_flight=r.in_flight, steps=run.cfg.run.steps, rank=run.rank, world=run.world, plugin_lock=run.plugin_lock)
 
 
 def resume(run: Run, ckpt: Path, honoured: list[tuple[str, Any, Any]]) -> None:

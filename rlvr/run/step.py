@@ -9,6 +9,7 @@ gather of the step, and KL placement is the learner's setting read here, not in 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -18,6 +19,7 @@ from accelerate.utils import gather_object
 from rlvr.advantage.filters import DynamicSampling, concat_scored, select_groups
 from rlvr.advantage.nonfinite import zero_nonfinite
 from rlvr.buffer import as_batch
+from rlvr.buffer.rollouts import Draw
 from rlvr.learner.checkpoint import list_checkpoints
 from rlvr.learner.policy_loss import kl_in_reward
 from rlvr.metrics import tensor_stats
@@ -56,21 +58,31 @@ def refresh(run: Run, step: int) -> dict[str, float]:
     return metrics
 
 
-def collect(run: Run) -> tuple[ScoredRollouts, list[int], dict[str, float]]:
+def next_rollouts(run: Run, step: int) -> tuple[ScoredRollouts, list[int], dict[str, float]]:
+    """Stages 0-2 of `step`: generated now (colocated), or taken from the buffer that the rollout
+    workers fill ahead of the learner (disaggregated; see rlvr/run/pipeline.py)."""
+    return run.pipeline.take(step) if run.pipeline is not None else collect(run)
+
+
+def collect(run: Run, pick: Callable[[int, int, int], Draw] | None = None, world: int | None = None,
+            rank: int = 0) -> tuple[ScoredRollouts, list[int], dict[str, float]]:
     """Stages 0-2: this process's scored groups, the dataset index of each group's prompt, and metrics.
 
     Every process draws the same global prompts and generates for its own share. The group
     filter (sampling.dynamic) may drop groups and ask for more rounds until every process has
     its share; the surplus is cut, and when nothing was kept the last round is trained on
-    (zero advantage) so processes stay in step.
+    (zero advantage) so processes stay in step. The rollout workers' producer calls it with
+    world = 1 (one share: every process's groups) and its own `pick` (recorded draws).
     """
-    sc, world, rank = run.cfg.sampling, run.world, run.rank
+    sc = run.cfg.sampling
+    world, rank = (run.world, run.rank) if world is None else (world, rank)
+    pick = pick or partial(draw, run.sampler, run.allocator)
     rule = DynamicSampling(**sc.dynamic.model_dump())
     want = sc.prompts_per_step // world
     kept, indices, metrics = None, [], {}
     generated = dropped = rounds = 0
     while True:
-        chosen, counts = draw(run.sampler, run.allocator, sc.prompts_per_step, want, world)
+        chosen, counts = pick(sc.prompts_per_step, want, world)
         mine = slice(rank * want, (rank + 1) * want)
         batch = PromptBatch([run.train_prompts[i] for i in chosen[mine]], counts[mine])
         scored = score_rollouts(run.rewards, run.engine.generate(batch, run.params))
@@ -198,15 +210,16 @@ def _gather_rows(local: dict, world: int) -> tuple[dict, list[int]]:
 def sync_weights(run: Run, step: int, rollouts: Rollouts) -> dict[str, float]:
     """Stage 6: the engine gets the new weights, checked with a probe every `rollout.sync_check_every` steps."""
     check = run.sync_every and step % run.sync_every == 0
-    return run.sync_weights(probe_sequence(rollouts) if check else None)
+    return run.sync_weights(probe_sequence(rollouts) if check else None, version=step)
 
 
 def observe(run: Run, outcome: StepOutcome | None) -> dict[str, float]:
     """Stage 7: plug-ins with an `observe(outcome, services)` hook learn from the step (VADE's
     posteriors, SPO's tracker)."""
     metrics: dict[str, float] = {}
-    for plugin in run.hooked("observe"):
-        metrics.update(plugin.observe(outcome, run.services) or {})
+    with run.plugin_lock:  # the rollout workers' producer may be drawing from the same sampler
+        for plugin in run.hooked("observe"):
+            metrics.update(plugin.observe(outcome, run.services) or {})
     return metrics
 
 
