@@ -203,6 +203,8 @@ class Chunk:
     tensors: list[torch.Tensor]
 
     def update_info(self, backend: str, session: str) -> dict[str, Any]:
+        """The body of the worker's /update_weights call announcing this chunk (names, dtypes, shapes;
+        the gloo engine also takes the session that pairs it with its process group)."""
         info = {"names": self.names, "dtype_names": [dtype_name(t.dtype) for t in self.tensors],
                 "shapes": [list(t.shape) for t in self.tensors]}
         return {**info, "session": session} if backend == "gloo" else info

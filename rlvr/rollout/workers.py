@@ -53,6 +53,7 @@ class WorkerSpec:
 
     @property
     def url(self) -> str:
+        """The server's base address, e.g. http://127.0.0.1:8100."""
         return f"http://{self.host}:{self.port}"
 
 
@@ -112,13 +113,16 @@ class WorkerServer:
 
     @property
     def url(self) -> str:
+        """The server's base address (its spec's)."""
         return self.spec.url
 
     @property
     def pid(self) -> int | None:
+        """The server process's id; None before `launch`."""
         return self.proc.pid if self.proc is not None else None
 
     def alive(self) -> bool:
+        """Whether the launched process is still running (not whether it answers: see wait_healthy)."""
         return self.proc is not None and self.proc.poll() is None
 
     def launch(self) -> None:
@@ -164,6 +168,7 @@ class WorkerServer:
         self.proc = None
 
     def log_tail(self, lines: int = 40) -> str:
+        """The last `lines` lines of the server's log file, for error messages."""
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError as e:

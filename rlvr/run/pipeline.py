@@ -65,6 +65,7 @@ class Pipeline:
         self.busy_s = self.idle_s = 0.0  # the producer's time generating / waiting for the learner
         self._seen = (0.0, 0.0, time.perf_counter())  # busy, idle, wall at the last take
         self._stop = False
+        self._pushes = 0  # pushes waiting or under way: the producer starts no batch meanwhile
         self._thread: threading.Thread | None = None
 
     # ---- the producer's side ----------------------------------------------------------------------
@@ -83,7 +84,10 @@ class Pipeline:
             while step <= self.steps:
                 t0 = time.perf_counter()
                 with self.cond:
-                    while not self._stop and self.released < step - 1 - self.k:
+                    # a push waiting for `generating` goes first: the lock is not fair, and a producer
+                    # taking it back at once would start batches on weights about to be replaced (and,
+                    # with `abort`, be aborted again and again until the push got in)
+                    while not self._stop and (self.released < step - 1 - self.k or self._pushes):
                         self.cond.wait()
                     if self._stop:
                         return
@@ -201,17 +205,24 @@ class Pipeline:
         """Put the learner's weights of `step` into the engine (every process calls it): with
         `finish` after the batch being generated is done, with `abort` at once (it is generated again)."""
         t0 = time.perf_counter()
-        if self.in_flight == "abort" and self.rank == 0:
-            abort = getattr(self.engine, "abort", None)
-            if callable(abort):
-                abort()
-        with self.generating:
-            waited = time.perf_counter() - t0
-            resume = getattr(self.engine, "resume", None)
-            if callable(resume):
-                resume()  # an aborted engine takes requests again (with the new weights)
-            metrics = push()
-            self.version = step
+        with self.cond:
+            self._pushes += 1
+        try:
+            if self.in_flight == "abort" and self.rank == 0:
+                abort = getattr(self.engine, "abort", None)
+                if callable(abort):
+                    abort()
+            with self.generating:
+                waited = time.perf_counter() - t0
+                resume = getattr(self.engine, "resume", None)
+                if callable(resume):
+                    resume()  # an aborted engine takes requests again (with the new weights)
+                metrics = push()
+                self.version = step
+        finally:
+            with self.cond:
+                self._pushes -= 1
+                self.cond.notify_all()
         metrics.update({"perf/push_wait_s": waited, "rollout/update_s": time.perf_counter() - t0 - waited})
         return metrics
 

@@ -30,7 +30,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "__init__": frozenset(),
     "__main__": frozenset({"cli"}),
     "cli": frozenset({"loop", "run", "eval.standalone", "eval", "config", "data", "metrics", "registry",
-                      "types", "errors"}),
+                      "types", "errors", "rollout"}),  # rollout: `rlvr serve` starts a rollout worker
     # the loop names the stages through run/step.py; it imports no stage itself
     "loop": frozenset({"run", "config"}),
     "eval.standalone": frozenset({"run", "eval", "config", "rollout", "metrics", "types", "errors"}),
@@ -60,7 +60,7 @@ KNOWN_EXCEPTIONS: frozenset[tuple[str, str]] = frozenset()
 # Heavy third-party libraries and the only places that may import them (a path under rlvr/, a
 # folder when it ends in "/"). torch.distributed also counts when used as `torch.distributed.x`.
 HEAVY_HOMES: dict[str, tuple[str, ...]] = {
-    "vllm": ("rollout/vllm.py",),
+    "vllm": ("rollout/vllm.py", "rollout/transfer.py"),
     "deepspeed": ("learner/",),
     "transformers": ("models/", "rollout/", "learner/", "run/", "config/preflight.py"),
     "accelerate": ("learner/", "rollout/", "run/", "eval/", "loop.py"),
