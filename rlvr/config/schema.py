@@ -235,6 +235,11 @@ class LossConfig(Section):
     aggregation: Plugin = Field(default_factory=lambda: Plugin(name="token_mean"))
     kl: KLConfig = Field(default_factory=KLConfig)
     rollout_correction: RolloutCorrectionConfig = Field(default_factory=RolloutCorrectionConfig)
+    old_policy: Literal["auto", "learner", "behaviour"] = Field(
+        "auto", description="the log-probs the policy ratio (and its clipping) is taken against: learner = "
+        "the learner's before the update (ratio 1 with one update per step); behaviour = those recorded when "
+        "the samples were generated, so clipping bounds how far samples some versions old move the policy; "
+        "auto: behaviour with rollout.max_staleness >= 1, else learner")
 
 
 class LearnerConfig(Section):

@@ -66,10 +66,14 @@ class Learner:
         kl: KLSettings | None = None,
         rollout_correction: Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]] | None = None,
         max_nonfinite_steps: int = 3,
+        old_is_behaviour: bool = False,
     ):
         self.acc = accelerator
         self.policy_loss, self.aggregation = policy_loss, aggregation
         self.rollout_correction = rollout_correction
+        # the ratio is taken against the log-probs recorded at generation (AdvantageBatch.old_logprobs
+        # holds them): the engine/learner mismatch is then measured from the learner's own log-probs
+        self.old_is_behaviour = old_is_behaviour
         self.optim, self.temperature = optim, temperature
         self.kl = kl if kl is not None else KLSettings()  # None: no KL term
         self.batcher = Batcher(accelerator, batching)
@@ -188,7 +192,8 @@ class Learner:
         adv = (mb.advantages * mb.weights).to(device)
         tok_loss, tok_stats = self.policy_loss(logp, old, adv, mask)
         rollout_lp = mb.rollout_logprobs.to(device)
-        tok_stats = {**tok_stats, **mismatch_stats(old, rollout_lp, mask)}
+        mine = logp.detach() if self.old_is_behaviour else old
+        tok_stats = {**tok_stats, **mismatch_stats(mine, rollout_lp, mask)}
         if self.rollout_correction is not None:
             is_weights, is_stats = self.rollout_correction(old, rollout_lp, mask)
             tok_loss = tok_loss * is_weights

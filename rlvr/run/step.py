@@ -138,7 +138,10 @@ def advantages(run: Run, scored: ScoredRollouts, prompt_indices: list[int], step
     out = run.estimator(inp)
     out.metrics["advantage/nonfinite_frac"] = zero_nonfinite(out)
     weights = out.weights if out.weights is not None else torch.ones_like(out.advantages)
-    return AdvantageBatch(scored, out.advantages[local_rows], weights[local_rows], old_lp, ref_lp), outcome, out.metrics
+    # loss.old_policy: behaviour -> the ratio is taken against the log-probs recorded at generation
+    ratio_old = ro.rollout_logprobs if learner.old_is_behaviour else old_lp
+    return AdvantageBatch(scored, out.advantages[local_rows], weights[local_rows], ratio_old, ref_lp), outcome, \
+        out.metrics
 
 
 def gather_step(scored: ScoredRollouts, rewards: torch.Tensor, prompt_indices: list[int], step: int, rank: int,
