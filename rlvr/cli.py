@@ -1,4 +1,4 @@
-"""`rlvr [--debug] train | eval | config show | config validate | plot`.
+"""`rlvr [--debug] train | eval | config show | config validate | plot | serve`.
 
 Errors reach the user as one or a few lines on stderr, never a traceback unless `--debug`:
 
@@ -44,6 +44,18 @@ def _parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plot", help="draw reward/accuracy curves of a run folder")
     pl.add_argument("run_dir")
     pl.add_argument("--out", default=None)
+    sv = sub.add_parser("serve", help="run one rollout worker (a vLLM server set up for rlvr) in the foreground")
+    sv.add_argument("model_path")
+    sv.add_argument("--port", type=int, default=8100)
+    sv.add_argument("--host", default="0.0.0.0", help="the address to listen on (default: every interface)")
+    sv.add_argument("--dtype", default="auto")
+    sv.add_argument("--tensor-parallel-size", type=int, default=1)
+    sv.add_argument("--kv-cache-gb", type=float, default=None, help="KV cache size (default: vLLM's own sizing)")
+    sv.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    sv.add_argument("--max-model-len", type=int, default=None)
+    sv.add_argument("--seed", type=int, default=0)
+    sv.add_argument("--enforce-eager", action="store_true", help="no graph compilation (starts faster)")
+    sv.add_argument("--log-dir", default=None, help="write the server's output to a file here (default: terminal)")
     return p
 
 
@@ -95,6 +107,14 @@ def _run(args: argparse.Namespace) -> int:
 
         print(plot_run(args.run_dir, args.out))
         return 0
+    if args.command == "serve":
+        from rlvr.rollout.workers import WorkerSpec, serve_foreground
+
+        spec = WorkerSpec(args.model_path, port=args.port, host=args.host, dtype=args.dtype,
+                          tensor_parallel_size=args.tensor_parallel_size, max_model_len=args.max_model_len,
+                          kv_cache_gb=args.kv_cache_gb, gpu_memory_utilization=args.gpu_memory_utilization,
+                          seed=args.seed, enforce_eager=args.enforce_eager)
+        return serve_foreground(spec, args.log_dir)
     base_dir = Path(args.recipe).parent
     if args.command == "config":
         # show prints what was asked even when the model is not there yet; validate checks it all

@@ -495,12 +495,26 @@ class RemoteEngine:
             return {w.url: w.version for w in self.workers if w.alive}
 
     def metrics(self) -> dict[str, float]:
-        """rollout/workers_alive, cumulative failures, resubmissions and restarts, and the last update's time."""
+        """rollout/workers_alive, requests in flight now, cumulative failures, resubmissions, aborts and restarts,
+        and the last update's time."""
         with self._cond:
             out = {f"rollout/{k}": float(v) for k, v in self.counters.items()}
             out["rollout/workers_alive"] = float(sum(w.alive for w in self.workers))
+            out["rollout/requests_in_flight"] = float(sum(w.outstanding for w in self.workers))
         out["rollout/update_s"] = self.update_s
         return out
+
+    def state_dict(self) -> dict[str, int]:
+        """What a resumed run needs to continue the same request seeds and policy versions."""
+        with self._cond:
+            return {"next_seed": self._next_seed, "version": self.version}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Continue from `state_dict()` (workers holding another version take requests after the next push)."""
+        with self._cond:
+            self._next_seed = int(state["next_seed"])
+            self.version = int(state["version"])
+            self._cond.notify_all()
 
     def close(self) -> None:
         """Stop the health thread and the clients; stop the servers launched here when this engine owns them."""

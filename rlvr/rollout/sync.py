@@ -39,22 +39,33 @@ def push_and_verify(
     probe: list[int] | None,
     tolerance: float | None,
     world_max: Callable[[float], float] = lambda x: x,
+    **update_kwargs,
 ) -> dict[str, float]:
     """Push the learner's weights into the engine; with a probe, check them. Returns metrics.
 
     probe: token ids (prompt + response) or None to skip the check (the same choice on every
     process). `world_max` takes the largest gap over processes, so all of them fail together.
+    An engine with several workers (`sequence_logprobs_all`) is probed on every one of them: the
+    metric is the largest gap over workers, and the error names the workers over tolerance.
+    update_kwargs go to `engine.update_weights` (the remote engine's version and in_flight).
     Raises WeightSyncError when that gap exceeds `tolerance`.
     """
-    engine.update_weights(weights)
+    engine.update_weights(weights, **update_kwargs)
     if probe is None:
         return {}
-    gap = world_max(probe_gap(engine.sequence_logprobs(probe), learner_logprobs(probe)))
+    reference = learner_logprobs(probe)
+    if hasattr(engine, "sequence_logprobs_all"):
+        gaps = {url: probe_gap(lp, reference) for url, lp in engine.sequence_logprobs_all(probe).items()}
+    else:
+        gaps = {"": probe_gap(engine.sequence_logprobs(probe), reference)}
+    gap = world_max(max(gaps.values(), default=0.0))
     if tolerance is not None and gap > tolerance:
+        bad = [f"{url} ({g:.4g})" for url, g in gaps.items() if url and g > tolerance]
+        where = f" on rollout worker(s) {', '.join(bad)}" if bad else ""
         raise WeightSyncError(
             f"weight sync check failed: after pushing the learner's weights the engine's log-probs on a probe "
-            f"sequence differ from the learner's by up to {gap:.4g} (rollout.sync_tolerance = {tolerance:g}); the "
-            "engine would generate from a policy other than the one being trained")
+            f"sequence differ from the learner's by up to {gap:.4g}{where} (rollout.sync_tolerance = "
+            f"{tolerance:g}); the engine would generate from a policy other than the one being trained")
     return {"rollout/sync_max_logprob_diff": gap}
 
 
