@@ -11,10 +11,14 @@ ready worker with the fewest outstanding requests, concurrently from a thread po
 assembled exactly as by the colocated vLLM engine (same cut, texts decoded by the HF tokenizer,
 the sampled tokens' log-probs after temperature).
 
-Policy versions: a worker is *ready* when its weights are the engine's current version. During
-an update no request is sent (a gate), so every group is tagged with the version that produced
-it (`generate_with_info`). In-flight requests across an update either finish on the old weights
-first ("finish") or are aborted and regenerated whole after it ("abort", counted).
+Policy versions: a worker is *ready* when its weights are the engine's current version. An update
+waits for the requests in flight to finish and sends no new one meanwhile (a gate), so every group
+is tagged with the version that produced it (`generate_with_info`). Who decides about requests in
+flight is the caller (rlvr.run.pipeline): with `rollout.in_flight: finish` it pushes between two
+batches; with `abort` it calls `abort()` first, which aborts this engine's requests on every worker
+(vLLM's /abort_requests) and makes the running `generate` raise GenerationAborted, then `resume()`
+and pushes. Versions are labelled on the servers with this engine's session ("<session>:<version>"),
+so a server left with another learner's weights never passes for current.
 
 Reproducibility: every request carries a seed from a counter (seed, seed + 1, ... in submission
 order; a resubmitted group keeps its seed). vLLM seeds each request's own sampler (sample i of
@@ -33,21 +37,23 @@ weights: at once if nothing was pushed yet (it loaded the checkpoint), otherwise
 
 from __future__ import annotations
 
+import atexit
 import logging
+import secrets
 import threading
 import time
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import torch
 
-from rlvr.rollout.base import SamplingParams, WeightsFn, assemble_rollouts, rows_of
+from rlvr.rollout.base import GenerationAborted, SamplingParams, WeightsFn, assemble_rollouts, rows_of
 from rlvr.rollout.transfer import TransferLink, chunks
 from rlvr.rollout.vllm import eos_token_ids
-from rlvr.rollout.workers import WorkerServer, WorkerSpec, wait_healthy
+from rlvr.rollout.workers import WorkerServer, WorkerSpec
 from rlvr.types import PromptBatch, Rollouts
 
 log = logging.getLogger(__name__)
@@ -81,7 +87,7 @@ class _Worker:
 
 
 class _Retry(Exception):
-    """A request that must be resubmitted (its worker failed, or an update aborted it)."""
+    """A request that must be resubmitted: its worker failed, or someone else aborted it on the server."""
 
     def __init__(self, why: str, worker_failed: bool):
         super().__init__(why)
@@ -98,8 +104,6 @@ class RemoteEngine:
         model_path: str,
         *,
         seed: int = 0,
-        version: int = 0,
-        sender: bool = True,
         request_timeout_s: float = 600.0,
         health_every_s: float = 5.0,
         restart: bool = True,
@@ -108,15 +112,14 @@ class RemoteEngine:
         chunk_mb: float = 256.0,
         max_concurrency: int = 64,
         owns_workers: bool = False,
+        transport: httpx.BaseTransport | None = None,
     ):
         """workers: server URLs (run by someone else) or WorkerServers (launched here, restartable).
 
-        version: the policy version the workers' current weights stand for (the checkpoint they
-        loaded, or the version a previous learner pushed: a worker reporting another version takes
-        no requests until the next push). sender: False on every learner rank but 0; those only
-        iterate the weights thunk in `update_weights` (it is collective under sharded learners)
-        and wait until the workers report the new version. owns_workers: stop launched servers on
-        `close`.
+        The workers' weights at the start count as policy version 0 when they are the checkpoint the
+        server loaded; a server holding weights pushed by another engine takes no request until this
+        one pushes. owns_workers: stop launched servers on `close` (and at interpreter exit).
+        transport: the HTTP transport of every call to the workers (tests pass a fake one).
         """
         if not workers:
             raise ValueError("rollout.workers: no worker URL and no worker to start")
@@ -124,9 +127,8 @@ class RemoteEngine:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.eos_ids = eos_token_ids(model_path, tokenizer)
         self.seed = seed
-        self.version = version
-        self.initial_version = version
-        self.sender = sender
+        self.version = 0
+        self.session = secrets.token_hex(4)  # labels this engine's pushes on the servers
         self.request_timeout_s = request_timeout_s
         self.health_every_s = health_every_s
         self.restart = restart
@@ -135,13 +137,15 @@ class RemoteEngine:
         self.chunk_bytes = int(chunk_mb * 2**20)
         self.owns_workers = owns_workers
         self.workers = [_Worker(w, None) if isinstance(w, str) else _Worker(w.url, w) for w in workers]
-        self.http = httpx.Client(timeout=httpx.Timeout(request_timeout_s, connect=10.0),
+        self.http = httpx.Client(timeout=httpx.Timeout(request_timeout_s, connect=10.0), transport=transport,
                                  limits=httpx.Limits(max_connections=max_concurrency + 16))
         self._pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="rlvr-rollout")
         self._control = ThreadPoolExecutor(max(4, 2 * len(self.workers)), thread_name_prefix="rlvr-workers")
         self._cond = threading.Condition()
         self._update_lock = threading.Lock()
         self._updating = False
+        self._aborted = False  # set by `abort`, cleared by `resume`
+        self._epoch = 0  # counts aborts: a generate started before one is aborted even after `resume`
         self._closed = threading.Event()
         self._next_seed = seed
         self._tie = 0
@@ -149,9 +153,12 @@ class RemoteEngine:
                          "worker_restarts": 0}
         self.update_s = 0.0
         self.last_served: list[Served | None] = []
+        if owns_workers:
+            atexit.register(self._stop_servers)  # a learner that dies without `close` leaves no server behind
         for w in self.workers:
             self._connect(w)
         if not any(w.alive for w in self.workers):
+            self.close()
             raise WorkersDownError(self._down_message("no rollout worker answers"))
         self._health = threading.Thread(target=self._health_loop, name="rlvr-worker-health", daemon=True)
         self._health.start()
@@ -164,14 +171,24 @@ class RemoteEngine:
     def generate_with_info(self, batch: PromptBatch, params: SamplingParams) -> tuple[Rollouts, list[Served | None]]:
         """Rollouts plus, per prompt, the worker and policy version that generated its group (None if G_j = 0).
 
-        Thread-safe: may run in a producer thread while another thread calls `update_weights`.
+        Thread-safe: may run in a producer thread while another thread calls `update_weights` or
+        `abort`. Raises GenerationAborted once every request of the batch has ended when `abort` was
+        called meanwhile (or before, without `resume` since).
         """
         jobs = [(j, g) for j, g in enumerate(batch.samples_per_prompt) if g > 0]
         with self._cond:
+            epoch = self._epoch
             seeds = list(range(self._next_seed, self._next_seed + len(jobs)))
             self._next_seed += len(jobs)
-        futures = {j: self._pool.submit(self._run_group, self._request(batch.prompts[j].token_ids, g, params, s))
+        if self._is_aborted(epoch):
+            raise GenerationAborted("generation aborted: new weights are coming (call resume() first)")
+        futures = {j: self._pool.submit(self._run_group, self._request(batch.prompts[j].token_ids, g, params, s),
+                                        epoch)
                    for (j, g), s in zip(jobs, seeds)}
+        self._wait_all(list(futures.values()), epoch)
+        errors = [f.exception() for f in futures.values() if f.exception() is not None]
+        if errors:  # a real failure goes before an abort: the batch would fail again
+            raise next((e for e in errors if not isinstance(e, GenerationAborted)), errors[0])
         served: list[Served | None] = [None] * len(batch.prompts)
         tokens, logprobs = [], []
         for j, _ in jobs:  # prompt order, then sample order: the rows of `rows_of(batch)`
@@ -184,6 +201,15 @@ class RemoteEngine:
         self.last_served = served
         return rollouts, served
 
+    def _wait_all(self, futures: list[Future], epoch: int) -> None:
+        """Wait for every group; once aborted, abort the requests still running again and again (one
+        sent just as `abort` was posting may reach its server after the abort and would run to the end)."""
+        pending = set(futures)
+        while pending:
+            _, pending = wait(pending, timeout=0.2)
+            if pending and self._is_aborted(epoch):
+                self._abort_running()
+
     def _request(self, prompt: list[int], n: int, params: SamplingParams, seed: int) -> dict[str, Any]:
         """The /v1/completions body of one group (the colocated engine's sampling settings)."""
         greedy = params.greedy
@@ -193,20 +219,22 @@ class RemoteEngine:
                 "include_stop_str_in_output": True, "skip_special_tokens": True, "ignore_eos": False,
                 "logprobs": 0, "return_token_ids": True}
 
-    def _run_group(self, body: dict[str, Any]) -> tuple[list[list[int]], list[list[float]], Served]:
-        """Send one group's request until a worker completes it; resubmit on failures and aborts."""
+    def _run_group(self, body: dict[str, Any], epoch: int) -> tuple[list[list[int]], list[list[float]], Served]:
+        """Send one group's request until a worker completes it; resubmit on failures, stop on `abort`."""
         attempts = 0
         while True:
-            worker, version = self._acquire()
+            worker, version = self._acquire(epoch)
             attempts += 1
             try:
                 choices = self._complete(worker, body)
             except _Retry as e:
                 self._release(worker)
+                if self._is_aborted(epoch):  # our own abort ended it (an aborted answer, or a failed one)
+                    with self._cond:
+                        self.counters["requests_aborted"] += 1
+                    raise GenerationAborted(f"request aborted on {worker.url}: new weights are coming") from e
                 with self._cond:
                     self.counters["requests_resubmitted"] += 1
-                    if not e.worker_failed:
-                        self.counters["requests_aborted"] += 1
                 if e.worker_failed:
                     self._mark_down(worker, str(e))
                 continue
@@ -222,22 +250,27 @@ class RemoteEngine:
         except httpx.TransportError as e:  # refused, reset, timed out
             raise _Retry(f"{type(e).__name__}: {e}", worker_failed=True) from e
         if r.status_code >= 500:
-            raise _Retry(f"HTTP {r.status_code}: {r.text[:300]}", worker_failed=not self._updating)
+            raise _Retry(f"HTTP {r.status_code}: {r.text[:300]}", worker_failed=True)
         if r.status_code >= 400:  # our request is wrong: no other worker would take it either
             raise RuntimeError(f"rollout worker {worker.url} rejected a request: HTTP {r.status_code}: {r.text[:500]}")
         choices = sorted(r.json()["choices"], key=lambda c: c["index"])
-        if any(c["finish_reason"] == "abort" for c in choices):
-            raise _Retry("aborted by a weight update", worker_failed=False)
+        if any(c["finish_reason"] == "abort" for c in choices):  # ours (see _run_group) or another client's
+            raise _Retry("aborted on the server", worker_failed=False)
         if any(c["finish_reason"] == "error" or c.get("token_ids") is None for c in choices):
             raise _Retry(f"the server reported an error: {choices}", worker_failed=True)
         return choices
 
-    def _acquire(self) -> tuple[_Worker, int]:
-        """The ready worker with the fewest outstanding requests (waits while an update runs)."""
+    def _acquire(self, epoch: int | None = None) -> tuple[_Worker, int]:
+        """The ready worker with the fewest outstanding requests (waits while an update runs).
+
+        epoch: a generation's abort count at its start; raises GenerationAborted once aborted.
+        """
         with self._cond:
             while True:
                 if self._closed.is_set():
                     raise WorkersDownError("the rollout engine is closed")
+                if epoch is not None and self._is_aborted(epoch):
+                    raise GenerationAborted("generation aborted: new weights are coming")
                 ready = [w for w in self.workers if w.alive and w.version == self.version]
                 if ready and not self._updating:
                     least = min(w.outstanding for w in ready)
@@ -255,6 +288,36 @@ class RemoteEngine:
         with self._cond:
             worker.outstanding -= 1
             self._cond.notify_all()
+
+    # ---- abort and resume (rollout.in_flight: abort) ----------------------------------------------
+    def abort(self) -> None:
+        """Stop the generation in flight (it raises GenerationAborted as soon as its requests have
+        ended) and refuse new ones until `resume`. The workers abort every request they run (vLLM's
+        /abort_requests): this engine is their only client while it generates."""
+        with self._cond:
+            self._aborted = True
+            self._epoch += 1
+            self._cond.notify_all()
+        self._abort_running()
+
+    def resume(self) -> None:
+        """Generate again after an `abort`."""
+        with self._cond:
+            self._aborted = False
+            self._cond.notify_all()
+
+    def _is_aborted(self, epoch: int) -> bool:
+        return self._aborted or self._epoch != epoch
+
+    def _abort_running(self) -> None:
+        """POST /abort_requests to every live worker that runs requests of this engine."""
+        with self._cond:
+            busy = [w for w in self.workers if w.alive and w.outstanding]
+        for w in busy:
+            try:
+                self.http.post(f"{w.url}/abort_requests", json={}, timeout=5.0)
+            except httpx.HTTPError:  # a dead worker's requests fail by themselves
+                pass
 
     # ---- the sync probe -------------------------------------------------------------------------
     def sequence_logprobs(self, token_ids: list[int]) -> torch.Tensor:
@@ -279,44 +342,32 @@ class RemoteEngine:
         return torch.tensor([row[str(t)]["logprob"] for t, row in zip(token_ids[1:], rows)])
 
     # ---- weights ---------------------------------------------------------------------------------
-    def update_weights(self, weights: WeightsFn, version: int | None = None, in_flight: str = "finish") -> None:
+    def update_weights(self, weights: WeightsFn, version: int | None = None) -> None:
         """Push the learner's weights to every live worker; they then serve policy `version` (default: +1).
 
-        in_flight: "finish" lets running requests complete on the old weights first; "abort" aborts
-        them (regenerated after the update, counted in rollout/requests_aborted). New requests wait
-        for the update to end. Every process calls this (the thunk may be collective); only the
-        sender talks to the workers, the others wait until the workers report the new version.
+        Requests in flight finish first on the old weights (call `abort` before to cut them short)
+        and new ones wait until the update ends. A worker that fails during the push is marked down
+        and takes no request until a later push reaches it.
         """
-        if in_flight not in ("finish", "abort"):
-            raise ValueError(f"rollout.in_flight: expected finish or abort, got {in_flight!r}")
         start = time.perf_counter()
         new = self.version + 1 if version is None else version
-        if not self.sender:
-            for _ in weights():
-                pass
-            self._await_version(new)
-        else:
-            with self._update_lock:
-                self._push(weights, new, in_flight)
+        with self._update_lock:
+            self._push(weights, new)
         self.update_s = time.perf_counter() - start
 
-    def _push(self, weights: WeightsFn, new: int, in_flight: str) -> None:
+    def _push(self, weights: WeightsFn, new: int) -> None:
         with self._cond:
             self._updating = True
+            while any(w.outstanding for w in self.workers):  # they complete on the weights they started with
+                self._cond.wait(timeout=1.0)
             targets = [w for w in self.workers if w.alive and not w.restarting]
-            if in_flight == "finish":  # running requests complete on the weights they started with
-                while any(w.outstanding for w in self.workers):
-                    self._cond.wait(timeout=1.0)
         try:
-            targets = self._each(targets, lambda w: self._post(w, "/pause", params={"mode": "abort" if in_flight ==
-                                                                                   "abort" else "wait"}))
-            if in_flight == "abort":
-                self._drain(targets)
+            targets = self._each(targets, lambda w: self._post(w, "/pause", params={"mode": "wait"}))
             targets = self._each(targets, self._ensure_link)
             targets = self._each(targets, lambda w: w.link.client.start_weight_update())
             for chunk in chunks(weights(), self.chunk_bytes):  # the whole thunk, even if every target failed
                 targets = [w for w in targets if self._try(w, lambda w, c=chunk: w.link.send(c, self._control))]
-            targets = self._each(targets, lambda w: w.link.client.finish_weight_update(str(new)))
+            targets = self._each(targets, lambda w: w.link.client.finish_weight_update(self._label(new)))
             targets = self._each(targets, lambda w: self._post(w, "/reset_prefix_cache"))
             with self._cond:
                 for w in targets:
@@ -330,18 +381,9 @@ class RemoteEngine:
         if not targets:
             raise WorkersDownError(self._down_message(f"the weights of policy version {new} reached no worker"))
 
-    def _drain(self, targets: list[_Worker]) -> None:
-        """Abort until none of this engine's requests is in flight (one sent just before the pause
-        may only reach the server after it; aborting it again keeps its version tag exact)."""
-        deadline = time.monotonic() + 30.0
-        while time.monotonic() < deadline:
-            with self._cond:
-                if not any(w.outstanding for w in self.workers):
-                    return
-            self._each(targets, lambda w: self._post(w, "/abort_requests", json={}))
-            with self._cond:
-                self._cond.wait(timeout=0.2)
-        log.warning("rollout workers: requests still in flight 30 s after aborting them")
+    def _label(self, version: int) -> str:
+        """The server-side name of a policy version pushed by this engine, e.g. "3fa9c2d1:7"."""
+        return f"{self.session}:{version}"
 
     def _ensure_link(self, w: _Worker) -> None:
         """Open this learner's transfer group with `w` (again after a restart or a failed push)."""
@@ -360,28 +402,13 @@ class RemoteEngine:
         link.open()
         w.link = link
 
-    def _await_version(self, new: int) -> None:
-        """Non-sender ranks: wait until every live worker reports `new` (or is down)."""
-        deadline = time.monotonic() + self.transfer_timeout_s
-        while time.monotonic() < deadline:
-            pending = [w for w in self.workers if w.alive and self._reported_version(w) != new]
-            if not pending:
-                break
-            time.sleep(0.1)
-        with self._cond:
-            for w in self.workers:
-                if w.alive:
-                    w.version = self._reported_version(w)
-            self.version = new
-            self._cond.notify_all()
-
     # ---- health and restarts -------------------------------------------------------------------
     def _connect(self, w: _Worker) -> None:
         """Read a healthy worker's settings and weight version and mark it up (else down)."""
         try:
             if w.server is not None and w.server.proc is None:
                 w.server.start()
-            if not wait_healthy(w.url, time.monotonic() + 5.0):
+            if not self._healthy(w, time.monotonic() + 5.0):
                 raise RuntimeError("GET /health does not answer")
             config = self._get(w, "/server_info", params={"config_format": "json"})["vllm_config"]
             transfer = config.get("weight_transfer_config") or {}
@@ -399,12 +426,26 @@ class RemoteEngine:
             w.alive = True
             self._cond.notify_all()
 
+    def _healthy(self, w: _Worker, deadline: float) -> bool:
+        """Poll GET /health until it answers 200 or the deadline passes."""
+        while True:
+            try:
+                if self.http.get(f"{w.url}/health", timeout=2.0).status_code == 200:
+                    return True
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.5)
+
     def _reported_version(self, w: _Worker) -> int | None:
-        """The version the server's weights carry: vLLM's "default" (never updated) is the initial one."""
+        """The policy version of the server's weights: 0 for the checkpoint it loaded (vLLM's "default"),
+        the number of this engine's own label, None for anything else (another learner's push)."""
         label = self._get(w, "/weight_info")["weight_version"]
         if label in (None, "default"):
-            return self.initial_version
-        return int(label) if str(label).lstrip("-").isdigit() else None
+            return 0
+        session, _, number = str(label).partition(":")
+        return int(number) if session == self.session and number.isdigit() else None
 
     def _mark_down(self, w: _Worker, why: str) -> None:
         with self._cond:
@@ -423,7 +464,7 @@ class RemoteEngine:
                     continue
                 if w.server is not None and not w.server.alive():
                     self._mark_down(w, f"process exited (code {w.server.proc.poll() if w.server.proc else None})")
-                    if self.restart and self.sender and w.restarts < self.max_restarts:
+                    if self.restart and w.restarts < self.max_restarts:
                         w.restarting = True
                         threading.Thread(target=self._restart, args=(w,), daemon=True).start()
                     continue
@@ -435,7 +476,7 @@ class RemoteEngine:
                     self._mark_down(w, "GET /health failed")
                 elif ok and not w.alive and not self._updating:
                     self._connect(w)
-                    if w.alive and self.sender:
+                    if w.alive:
                         self._post(w, "/resume", check=False)  # it may have died inside an update
 
     def _restart(self, w: _Worker) -> None:
@@ -466,7 +507,7 @@ class RemoteEngine:
             r.raise_for_status()
         return r
 
-    def _try(self, w: _Worker, fn) -> bool:
+    def _try(self, w: _Worker, fn: Callable[[_Worker], Any]) -> bool:
         """fn(w); on an exception mark the worker down (its transfer group is dropped) and return False."""
         try:
             fn(w)
@@ -475,7 +516,7 @@ class RemoteEngine:
             self._mark_down(w, f"weight update: {type(e).__name__}: {e}")
             return False
 
-    def _each(self, targets: list[_Worker], fn) -> list[_Worker]:
+    def _each(self, targets: list[_Worker], fn: Callable[[_Worker], Any]) -> list[_Worker]:
         """fn on every worker concurrently; the workers where it succeeded."""
         ok = list(self._control.map(lambda w: self._try(w, fn), targets))
         return [w for w, good in zip(targets, ok) if good]
@@ -505,31 +546,40 @@ class RemoteEngine:
         return out
 
     def state_dict(self) -> dict[str, int]:
-        """What a resumed run needs to continue the same request seeds and policy versions."""
+        """The request seed counter, so that a resumed run continues the same seeds."""
         with self._cond:
-            return {"next_seed": self._next_seed, "version": self.version}
+            return {"next_seed": self._next_seed}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        """Continue from `state_dict()` (workers holding another version take requests after the next push)."""
+        """Continue the seed counter of `state_dict()`."""
         with self._cond:
             self._next_seed = int(state["next_seed"])
-            self.version = int(state["version"])
-            self._cond.notify_all()
 
     def close(self) -> None:
-        """Stop the health thread and the clients; stop the servers launched here when this engine owns them."""
+        """Stop the health thread and the clients; stop the servers launched here when this engine owns
+        them (safe to call twice)."""
+        if self._closed.is_set():
+            return
         self._closed.set()
         with self._cond:
             self._cond.notify_all()
-        self._health.join(timeout=self.health_every_s + 10)
+        health = getattr(self, "_health", None)
+        if health is not None:
+            health.join(timeout=self.health_every_s + 10)
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._control.shutdown(wait=False, cancel_futures=True)
         for w in self.workers:
             if w.link is not None:
                 w.link.close()
-            if self.owns_workers and w.server is not None:
-                w.server.stop()
+        self._stop_servers()
         self.http.close()
+
+    def _stop_servers(self) -> None:
+        if self.owns_workers:
+            atexit.unregister(self._stop_servers)
+            for w in self.workers:
+                if w.server is not None:
+                    w.server.stop()
 
 
 def start_workers(
@@ -546,6 +596,7 @@ def start_workers(
     max_model_len: int | None = None,
     kv_cache_gb: float | None = None,
     gpu_memory_utilization: float = 0.9,
+    max_num_seqs: int = 256,
     gpus: Sequence[str] | None = None,
     enforce_eager: bool = False,
     seed: int = 0,
@@ -556,14 +607,14 @@ def start_workers(
 
     Started workers come up in parallel and are stopped by the engine's `close`; a failed start
     raises WorkerStartError with the server log's last lines. gpus: CUDA_VISIBLE_DEVICES per
-    started worker. engine_kwargs: RemoteEngine's (request_timeout_s, health_every_s, restart, sender, ...).
+    started worker. engine_kwargs: RemoteEngine's (request_timeout_s, health_every_s, restart, ...).
     """
     if urls:
         return RemoteEngine(list(urls), tokenizer, model_path, seed=seed, **engine_kwargs)
     servers = [WorkerServer(WorkerSpec(model_path, port=port + i, host=host, dtype=dtype,
                                        tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len,
                                        kv_cache_gb=kv_cache_gb, gpu_memory_utilization=gpu_memory_utilization,
-                                       seed=seed + i, enforce_eager=enforce_eager,
+                                       seed=seed + i, max_num_seqs=max_num_seqs, enforce_eager=enforce_eager,
                                        gpus=None if gpus is None else gpus[i]),
                             log_dir, start_timeout_s) for i in range(num)]
     for s in servers:

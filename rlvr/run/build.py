@@ -150,7 +150,9 @@ def make_workers(cfg: Config, tokenizer: Any, model_path: str | Path, acc: Accel
     """The rollout workers of process 0 (rollout.mode: disaggregated); the other processes get a
     stand-in that only takes part in the weight push. With engine hf the worker is an in-process
     copy of the policy (loaded from `model_path`, then given the learner's weights) that generates
-    on the producer's thread."""
+    on the producer's thread. With engine vllm the workers are vLLM servers: those at
+    `rollout.workers.urls`, else `num` of them started here from `model_path` on ports `port`,
+    `port` + 1, ... (stopped by the engine's `close`), with the `rollout.vllm` settings."""
     r = cfg.rollout
     if acc.process_index != 0:
         return NoEngine()
@@ -158,7 +160,17 @@ def make_workers(cfg: Config, tokenizer: Any, model_path: str | Path, acc: Accel
         copy = load_model(model_path, cfg, trainable=False).to(acc.device)
         return HFEngine(copy, tokenizer, batch_prompts=r.batch_prompts, shares_learner_weights=False,
                         interruptible=True)
-    raise NotImplementedError("rollout.engine: vllm with rollout.mode: disaggregated (vLLM servers) comes next")
+    from rlvr.rollout.remote import start_workers  # httpx and the transfer code: only disaggregated vllm runs
+
+    w, v = r.workers, r.vllm
+    return start_workers(
+        str(model_path), tokenizer, urls=w.urls, num=w.num, port=w.port,
+        log_dir=w.log_dir or str(Path(cfg.run.output_dir) / "workers"), dtype=engine_dtype(cfg),
+        tensor_parallel_size=v.tensor_parallel_size, max_model_len=v.max_model_len, kv_cache_gb=kv_cache_gb(cfg),
+        gpu_memory_utilization=v.gpu_memory_utilization, max_num_seqs=v.max_num_seqs, enforce_eager=v.enforce_eager,
+        seed=cfg.run.seed, request_timeout_s=w.request_timeout_s, health_every_s=w.health_every_s,
+        restart=w.restart,
+    )
 
 
 def kv_cache_gb(cfg: Config) -> float | None:
