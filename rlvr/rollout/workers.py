@@ -84,6 +84,14 @@ def server_command(spec: WorkerSpec) -> tuple[list[str], dict[str, str]]:
     return argv, env
 
 
+def with_absolute_model_path(spec: WorkerSpec) -> WorkerSpec:
+    """`spec` with a local model folder named by its absolute path (a hub name stays as it is), so
+    that the server may run in another folder."""
+    if Path(spec.model_path).exists():
+        return dataclasses.replace(spec, model_path=str(Path(spec.model_path).resolve()))
+    return spec
+
+
 def wait_healthy(url: str, deadline: float, alive=lambda: True, interval_s: float = 0.5) -> bool:
     """Poll GET {url}/health until it answers 200 (True), `alive()` turns False or the deadline passes."""
     while time.monotonic() < deadline and alive():
@@ -104,9 +112,7 @@ class WorkerServer:
     """
 
     def __init__(self, spec: WorkerSpec, log_dir: str | Path, start_timeout_s: float = 600.0):
-        if Path(spec.model_path).exists():  # the server runs in the log folder
-            spec = dataclasses.replace(spec, model_path=str(Path(spec.model_path).resolve()))
-        self.spec = spec
+        self.spec = with_absolute_model_path(spec)  # the server runs in the log folder
         self.log_path = Path(log_dir).resolve() / f"worker-{spec.host}-{spec.port}.log"
         self.start_timeout_s = start_timeout_s
         self.proc: subprocess.Popen | None = None
@@ -184,8 +190,11 @@ def _group_alive(pgid: int) -> bool:
 
 
 def serve_foreground(spec: WorkerSpec, log_dir: str | None) -> int:
-    """`rlvr serve`: run one worker until it exits or Ctrl-C (its output to the terminal or to log_dir)."""
-    argv, env = server_command(spec)
+    """`rlvr serve`: run one worker until it exits or Ctrl-C (its output to the terminal or to log_dir).
+
+    With a log_dir the server runs there, as a launched worker does (see `WorkerServer.launch`).
+    """
+    argv, env = server_command(with_absolute_model_path(spec))
     print(f"rlvr: serving {spec.model_path} at {spec.url} (weight transfer: {transfer_backend()})",
           file=sys.stderr, flush=True)
     if log_dir is None:
@@ -193,7 +202,7 @@ def serve_foreground(spec: WorkerSpec, log_dir: str | None) -> int:
     else:
         Path(log_dir).mkdir(parents=True, exist_ok=True)
         log = open(Path(log_dir) / f"worker-{spec.host}-{spec.port}.log", "ab")  # held open until the server exits
-        proc = subprocess.Popen(argv, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(argv, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, cwd=log_dir)
     try:
         return proc.wait()
     except KeyboardInterrupt:
