@@ -151,7 +151,6 @@ class RemoteEngine:
         self._tie = 0
         self.counters = {"worker_failures": 0, "requests_resubmitted": 0, "requests_aborted": 0,
                          "worker_restarts": 0}
-        self.update_s = 0.0
         self.last_served: list[Served | None] = []
         if owns_workers:
             atexit.register(self._stop_servers)  # a learner that dies without `close` leaves no server behind
@@ -189,6 +188,8 @@ class RemoteEngine:
         errors = [f.exception() for f in futures.values() if f.exception() is not None]
         if errors:  # a real failure goes before an abort: the batch would fail again
             raise next((e for e in errors if not isinstance(e, GenerationAborted)), errors[0])
+        if self._is_aborted(epoch):  # every request got through, yet new weights are coming: as documented
+            raise GenerationAborted("generation aborted: new weights are coming")
         served: list[Served | None] = [None] * len(batch.prompts)
         tokens, logprobs = [], []
         for j, _ in jobs:  # prompt order, then sample order: the rows of `rows_of(batch)`
@@ -349,11 +350,9 @@ class RemoteEngine:
         and new ones wait until the update ends. A worker that fails during the push is marked down
         and takes no request until a later push reaches it.
         """
-        start = time.perf_counter()
         new = self.version + 1 if version is None else version
         with self._update_lock:
             self._push(weights, new)
-        self.update_s = time.perf_counter() - start
 
     def _push(self, weights: WeightsFn, new: int) -> None:
         with self._cond:
@@ -536,13 +535,12 @@ class RemoteEngine:
             return {w.url: w.version for w in self.workers if w.alive}
 
     def metrics(self) -> dict[str, float]:
-        """rollout/workers_alive, requests in flight now, cumulative failures, resubmissions, aborts and restarts,
-        and the last update's time."""
+        """rollout/workers_alive, requests in flight now, and the cumulative worker failures, resubmitted
+        requests (their worker failed), aborted requests (`abort`) and restarts."""
         with self._cond:
             out = {f"rollout/{k}": float(v) for k, v in self.counters.items()}
             out["rollout/workers_alive"] = float(sum(w.alive for w in self.workers))
             out["rollout/requests_in_flight"] = float(sum(w.outstanding for w in self.workers))
-        out["rollout/update_s"] = self.update_s
         return out
 
     def state_dict(self) -> dict[str, int]:

@@ -85,6 +85,8 @@ class Spy:
         self.engine = None
         self.requests: list[tuple[str, int, list[int], int]] = []  # (worker, n, prompt, seed)
         self.probes: list[list[str]] = []
+        self.calls = 0  # requests sent, completed or not
+        self.aborted = threading.Event()  # the pipeline called engine.abort()
         real = build.make_workers
 
         def make(*args, **kwargs):
@@ -92,8 +94,9 @@ class Spy:
             complete, probe_all = engine._complete, engine.sequence_logprobs_all
 
             def spy_complete(worker, body):
+                self.calls += 1
                 if on_request is not None:
-                    on_request(len(self.requests))
+                    on_request(self.calls)
                 choices = complete(worker, body)
                 self.requests.append((worker.url, body["n"], body["prompt"], body["seed"]))
                 return choices
@@ -103,7 +106,12 @@ class Spy:
                 self.probes.append(sorted(got))
                 return got
 
-            engine._complete, engine.sequence_logprobs_all = spy_complete, spy_probe
+            def spy_abort():
+                abort()
+                self.aborted.set()
+
+            abort = engine.abort
+            engine._complete, engine.sequence_logprobs_all, engine.abort = spy_complete, spy_probe, spy_abort
             self.engine = engine
             return engine
 
@@ -166,27 +174,36 @@ def test_training_on_two_workers(tmp_path, models_dir, workers, monkeypatch):
 def test_a_worker_killed_mid_run(tmp_path, models_dir, workers, monkeypatch):
     engine, _ = workers
     victim = engine.workers[1].server
-    killed = threading.Event()
+    killed, held, holding = threading.Event(), threading.Event(), threading.Lock()
 
-    def kill(sent: int) -> None:  # in step 2's batch: SIGKILL to the server and its engine process
-        if sent >= 40 and not killed.is_set():
+    def kill_then_slow(sent: int) -> None:
+        if sent >= 40 and not killed.is_set():  # in step 2's batch: SIGKILL to the server and its engine process
             os.killpg(victim.pid, signal.SIGKILL)
             killed.set()
+        # from request 110 on (step 3 or 4) the batch is held back until the learner's next push comes (it
+        # trains the step before meanwhile): the pipeline aborts the batch and generates it again
+        if sent >= 110 and not held.is_set():
+            with holding:
+                if not held.is_set():  # the first held request: wait for the next abort (one comes at every push)
+                    spy.aborted.clear()
+                    held.set()
+            assert spy.aborted.wait(timeout=60)
 
-    spy = Spy(monkeypatch, on_request=kill)
+    spy = Spy(monkeypatch, on_request=kill_then_slow)
     run_dir = run_recipe(RECIPE, tmp_path / "run", models_dir, "run.steps=5", *QUIET, *SERVER, urls(engine),
                          "rollout.max_staleness=1", "rollout.in_flight=abort", "rollout.workers.health_every_s=1")
     live = spy.engine.worker_versions()
     spy.engine.close()
-    assert killed.is_set()
+    assert killed.is_set() and held.is_set()
     rows = step_rows(run_dir)
     print("counters", spy.engine.counters)
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
     c = spy.engine.counters
     assert c["worker_failures"] == 1 and c["requests_resubmitted"] >= 1
+    assert rows[-1]["rollout/aborted"] >= 1  # batches the pipeline generated again after an abort
     assert list(live) == [engine.workers[0].url]  # the dead one is down (no restart for URL workers)
-    # every group was completed: 5 steps of 32, plus those aborted by pushes and generated again
-    assert sum(1 for _ in spy.requests) >= 5 * 32
+    # every group was completed: 5 steps of 32, plus those completed before an abort cut their batch short
+    assert len(spy.requests) >= 5 * 32
     assert {url for url, *_ in spy.requests[-64:]} == {engine.workers[0].url}  # the last two steps
     assert all(r["rollout/sync_max_logprob_diff"] < 1e-3 for r in rows)
     assert all(r["rollout/staleness_max"] <= 1 for r in rows)

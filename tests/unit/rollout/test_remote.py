@@ -229,6 +229,19 @@ def test_a_request_reaching_its_server_after_the_abort_is_aborted_too(tmp_path):
         engine.close()
 
 
+def test_a_batch_that_completes_despite_an_abort_is_still_aborted(tmp_path):
+    a = FakeServer(1)
+    a.delay_s = 0.4  # answers normally: the abort came too late for the server
+    engine = engine_over(a, tmp_path=tmp_path)
+    try:
+        threading.Timer(0.1, engine.abort).start()
+        with pytest.raises(GenerationAborted):  # the caller regenerates with the new weights, as for HFEngine
+            engine.generate(batch([2, 2]), PARAMS)
+        assert len(a.requests) == 2 and engine.counters["requests_aborted"] == 0
+    finally:
+        engine.close()
+
+
 class FakeProcess:
     """What RemoteEngine reads of a launched WorkerServer: url, proc, alive(), start(), stop()."""
 
