@@ -17,6 +17,7 @@ import json
 import math
 import numbers
 import os
+import re
 import sys
 import time
 import uuid
@@ -215,7 +216,14 @@ class _TensorBoard:
     def __init__(self, log_dir: Path, start_step: int) -> None:
         from torch.utils.tensorboard import SummaryWriter  # slow import, only when asked for
 
-        # On resume, purge_step hides events from steps that the run is about to redo.
+        # On resume, purge_step hides events from steps that the run is about to redo. TensorBoard
+        # reads a folder's event files in name order, and a name starts with the second it was
+        # made in: a file made in the same second as an older one may sort before it (its counter
+        # part "10" < "9"), and then the old events would be read last and not purged.
+        newest = max((int(m.group(1)) for f in log_dir.glob("events.out.tfevents.*")
+                      if (m := re.match(r"events\.out\.tfevents\.(\d+)\.", f.name))), default=0)
+        while start_step > 0 and int(time.time()) <= newest:
+            time.sleep(0.05)
         self._writer = SummaryWriter(str(log_dir), purge_step=start_step + 1 if start_step > 0 else None)
 
     def log(self, step: int, values: dict[str, Number]) -> None:

@@ -160,9 +160,17 @@ def test_tty_console_draws_a_bar_with_postfix(tmp_path: Path, monkeypatch: pytes
     assert "between steps\n" in out
 
 
-def test_tensorboard_scalars_read_back_and_resume_purges(tmp_path: Path) -> None:
+@pytest.mark.parametrize("counter", [None, 9])
+def test_tensorboard_scalars_read_back_and_resume_purges(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, counter: int | None
+) -> None:
+    """counter=9: the resumed run's event file is made in the same second as the first one with
+    file counter 10, which sorts before 9 (CI failed on this once)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.summary.writer import event_file_writer
 
+    if counter is not None:
+        monkeypatch.setattr(event_file_writer, "_global_uid", event_file_writer.AtomicCounter(counter))
     with MetricsLogger(tmp_path, sinks=["tensorboard"], total_steps=10) as logger:
         for step in range(1, 5):
             logger.log(step, {"reward/total/mean": torch.tensor(float(step))})
