@@ -39,7 +39,6 @@ def push_and_verify(
     probe: list[int] | None,
     tolerance: float | None,
     world_max: Callable[[float], float] = lambda x: x,
-    **update_kwargs,
 ) -> dict[str, float]:
     """Push the learner's weights into the engine; with a probe, check them. Returns metrics.
 
@@ -47,10 +46,9 @@ def push_and_verify(
     process). `world_max` takes the largest gap over processes, so all of them fail together.
     An engine with several workers (`sequence_logprobs_all`) is probed on every one of them: the
     metric is the largest gap over workers, and the error names the workers over tolerance.
-    update_kwargs go to `engine.update_weights` (the remote engine's version and in_flight).
     Raises WeightSyncError when that gap exceeds `tolerance`.
     """
-    engine.update_weights(weights, **update_kwargs)
+    engine.update_weights(weights)
     if probe is None:
         return {}
     reference = learner_logprobs(probe)

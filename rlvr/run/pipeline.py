@@ -149,6 +149,8 @@ class Pipeline:
             entry, waited = self.buffer.take(step, alive=lambda: self._thread is not None and self._thread.is_alive())
             entry, metrics = self._within_cap(entry, step)
             metrics.update(self._idle_metrics(waited))
+            if callable(engine_metrics := getattr(self.engine, "metrics", None)):
+                metrics.update(engine_metrics())  # remote workers: alive, failures, resubmitted, restarts
             shares = split_shares(entry.scored, entry.prompt_indices, self.world), metrics
         if self.world > 1:
             shares = broadcast_object_list([shares])[0]

@@ -86,7 +86,11 @@ class Run:
         """The objects whose state a checkpoint holds, by the key it is saved under."""
         objects = {"sampler": self.sampler, "allocator": self.allocator, "advantage": self.estimator,
                    "learner": self.learner, "alarms": self.alarms}
-        return objects if self.pipeline is None else {**objects, "pipeline": self.pipeline}
+        if self.pipeline is not None:  # the buffer's pending draws and counters; the workers' seed counter
+            objects["pipeline"] = self.pipeline
+            if callable(getattr(self.engine, "state_dict", None)):
+                objects["engine"] = self.engine
+        return objects
 
     def hooked(self, method: str) -> list[Any]:
         """The plug-ins (sampler, allocator, estimator) that define the optional hook `method`."""
@@ -127,6 +131,7 @@ class Run:
         """Stop the rollout producer and the reward workers, close the metric sinks (safe to call twice)."""
         if self.pipeline is not None:
             self.pipeline.stop()
+            close_engine(self.engine)
         self.rewards.close()
         self.logger.close()
 
@@ -166,7 +171,10 @@ def setup(cfg: Config, base_dir: Path | None, acc: Accelerator, signals: StopSig
     rewards = build.make_reward_runner(cfg, base_dir)
     params = build.sampling_params(cfg)
     learner = build.make_learner(cfg, model, ref_model, acc, plugins, tokenizer.pad_token_id, params)
-    engine = build.make_engine(cfg, learner, tokenizer, weights, acc)
+    # rollout workers start (and restart) from the policy's own folder, which no checkpoint rotation
+    # deletes; the learner's weights are pushed into them below either way
+    engine = build.make_engine(cfg, learner, tokenizer, policy_path if cfg.rollout.mode == "disaggregated"
+                               else weights, acc)
     sync_every, sync_tolerance = build.sync_check(cfg)
     run = Run(
         cfg, run_dir, acc, tokenizer, train_prompts, eval_prompts, plugins["sampler"], plugins["allocator"],
@@ -208,9 +216,16 @@ def setup(cfg: Config, base_dir: Path | None, acc: Accelerator, signals: StopSig
     finally:
         if run.pipeline is not None:
             run.pipeline.stop()
+            close_engine(engine)  # rollout workers that this run started stop with it
         rewards.close()
         if run.logger is not None:
             run.logger.close()
+
+
+def close_engine(engine: Any) -> None:
+    """Close an engine that has a `close` (the remote workers' clients, and the servers it started)."""
+    if callable(close := getattr(engine, "close", None)):
+        close()
 
 
 def make_pipeline(run: Run) -> Pipeline:

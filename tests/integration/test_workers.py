@@ -25,6 +25,7 @@ import rlvr.run.build as build
 from rlvr.config import load_config
 from rlvr.rollout.base import GenerationAborted, SamplingParams
 from rlvr.rollout.remote import RemoteEngine
+from rlvr.run.pipeline import Pipeline
 from rlvr.types import Prompt, PromptBatch
 from tests.integration.conftest import ROOT, run_recipe
 
@@ -87,7 +88,14 @@ class Spy:
         self.probes: list[list[str]] = []
         self.calls = 0  # requests sent, completed or not
         self.aborted = threading.Event()  # the pipeline called engine.abort()
-        real = build.make_workers
+        self.pipeline, self.step = None, 0  # the pipeline, and the step whose batch it generates (or last did)
+        real, real_generate = build.make_workers, Pipeline._generate
+
+        def generate(pipeline, step):
+            self.pipeline, self.step = pipeline, step
+            return real_generate(pipeline, step)
+
+        monkeypatch.setattr(Pipeline, "_generate", generate)
 
         def make(*args, **kwargs):
             engine = real(*args, **kwargs)
@@ -180,14 +188,21 @@ def test_a_worker_killed_mid_run(tmp_path, models_dir, workers, monkeypatch):
         if sent >= 40 and not killed.is_set():  # in step 2's batch: SIGKILL to the server and its engine process
             os.killpg(victim.pid, signal.SIGKILL)
             killed.set()
-        # from request 110 on (step 3 or 4) the batch is held back until the learner's next push comes (it
-        # trains the step before meanwhile): the pipeline aborts the batch and generates it again
-        if sent >= 110 and not held.is_set():
+        # from step 3 on, a batch that the producer started before the learner's push of the step before it
+        # is held back until that push comes: the pipeline aborts the batch and generates it again. (The
+        # producer holds the generation lock here, so the version read is stable, and the learner has the
+        # batch of the step before, so the push does come. Holding a batch made after that push would wait
+        # for a push that comes only once the learner has this batch: CI hung here for 60 s.)
+        if spy.step >= 3 and not held.is_set():
             with holding:
-                if not held.is_set():  # the first held request: wait for the next abort (one comes at every push)
-                    spy.aborted.clear()
+                hold = not held.is_set() and spy.pipeline.version < spy.step - 1
+                if hold:
                     held.set()
-            assert spy.aborted.wait(timeout=60)
+            if hold:  # the engine stays aborted until the push resumes it, after this batch has ended
+                deadline = time.monotonic() + 60
+                while not spy.engine._aborted:
+                    assert time.monotonic() < deadline, "no push aborted the held batch"
+                    time.sleep(0.01)
 
     spy = Spy(monkeypatch, on_request=kill_then_slow)
     run_dir = run_recipe(RECIPE, tmp_path / "run", models_dir, "run.steps=5", *QUIET, *SERVER, urls(engine),
