@@ -133,7 +133,8 @@ class Run:
             self.pipeline.stop()
             close_engine(self.engine)
         self.rewards.close()
-        self.logger.close()
+        if self.logger is not None:  # None when set-up failed before making it
+            self.logger.close()
 
 
 @contextmanager
@@ -214,12 +215,7 @@ def setup(cfg: Config, base_dir: Path | None, acc: Accelerator, signals: StopSig
             run.pipeline.start(run.start)
         yield run
     finally:
-        if run.pipeline is not None:
-            run.pipeline.stop()
-            close_engine(engine)  # rollout workers that this run started stop with it
-        rewards.close()
-        if run.logger is not None:
-            run.logger.close()
+        run.close()  # rollout workers that this run started stop with it
 
 
 def close_engine(engine: Any) -> None:
