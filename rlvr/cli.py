@@ -13,10 +13,12 @@ Errors reach the user as one or a few lines on stderr, never a traceback unless 
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import os
 import shlex
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 # a foreign exception's message is cut to this many lines (library errors can run to dozens)
@@ -44,17 +46,21 @@ def _parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plot", help="draw reward/accuracy curves of a run folder")
     pl.add_argument("run_dir")
     pl.add_argument("--out", default=None)
-    sv = sub.add_parser("serve", help="run one rollout worker (a vLLM server set up for rlvr) in the foreground")
-    sv.add_argument("model_path")
+    sv = sub.add_parser("serve", help="run one rollout worker (a vLLM server set up for rlvr) in the foreground",
+                        description="MODEL is a model folder or hub name, or a recipe (.yaml, followed by its "
+                        "key=value overrides): then the model and the rollout.vllm settings are the recipe's, "
+                        "and the flags given here replace them.")
+    sv.add_argument("model_path", metavar="MODEL")
+    sv.add_argument("overrides", nargs="*", help="a recipe's key=value overrides")
     sv.add_argument("--port", type=int, default=8100)
     sv.add_argument("--host", default="0.0.0.0", help="the address to listen on (default: every interface)")
-    sv.add_argument("--dtype", default="auto")
-    sv.add_argument("--tensor-parallel-size", type=int, default=1)
+    sv.add_argument("--dtype", default=None, help="default: auto, or the recipe's rollout.vllm.dtype")
+    sv.add_argument("--tensor-parallel-size", type=int, default=None)
     sv.add_argument("--kv-cache-gb", type=float, default=None, help="KV cache size (default: vLLM's own sizing)")
-    sv.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    sv.add_argument("--gpu-memory-utilization", type=float, default=None)
     sv.add_argument("--max-model-len", type=int, default=None)
-    sv.add_argument("--seed", type=int, default=0)
-    sv.add_argument("--enforce-eager", action="store_true", help="no graph compilation (starts faster)")
+    sv.add_argument("--seed", type=int, default=None)
+    sv.add_argument("--enforce-eager", action="store_true", default=None, help="no graph compilation (starts faster)")
     sv.add_argument("--log-dir", default=None, help="write the server's output to a file here (default: terminal)")
     return p
 
@@ -64,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     instead of a traceback unless --debug)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
+    if not faulthandler.is_enabled():  # a native crash (an abort in a C++ library) prints every
+        faulthandler.enable()  # thread's Python stack first, so its cause is kept with the exit code
     if args.debug:
         return _run(args)
     try:
@@ -89,6 +97,28 @@ def _report(e: Exception, argv: list[str]) -> int:
     return 1
 
 
+def _serve_spec(args: argparse.Namespace):
+    """The worker `rlvr serve` starts: from its flags, or from a recipe's model and rollout.vllm
+    settings (the ones a worker that `rlvr train` starts gets) with the flags given replacing them."""
+    from rlvr.rollout.workers import WorkerSpec
+
+    flags = {"dtype": args.dtype, "tensor_parallel_size": args.tensor_parallel_size, "kv_cache_gb": args.kv_cache_gb,
+             "gpu_memory_utilization": args.gpu_memory_utilization, "max_model_len": args.max_model_len,
+             "seed": args.seed, "enforce_eager": args.enforce_eager}
+    target = Path(args.model_path)
+    if target.suffix not in (".yaml", ".yml"):
+        if args.overrides:
+            raise ValueError(f"rlvr serve: key=value overrides ({args.overrides[0]}) need a recipe, not a model")
+        return WorkerSpec(args.model_path, port=args.port, host=args.host,
+                          **{k: v for k, v in flags.items() if v is not None})
+    from rlvr.config import load_config
+    from rlvr.run.build import worker_spec
+
+    cfg = load_config(target, args.overrides)
+    spec = worker_spec(cfg, target.parent, port=args.port, host=args.host)
+    return replace(spec, **{k: v for k, v in flags.items() if v is not None})
+
+
 def _notes(cfg, base_dir: Path) -> None:
     """Print what is not an error but changes what happens (once, by the first process)."""
     from rlvr.config.preflight import notes
@@ -108,13 +138,9 @@ def _run(args: argparse.Namespace) -> int:
         print(plot_run(args.run_dir, args.out))
         return 0
     if args.command == "serve":
-        from rlvr.rollout.workers import WorkerSpec, serve_foreground
+        from rlvr.rollout.workers import serve_foreground
 
-        spec = WorkerSpec(args.model_path, port=args.port, host=args.host, dtype=args.dtype,
-                          tensor_parallel_size=args.tensor_parallel_size, max_model_len=args.max_model_len,
-                          kv_cache_gb=args.kv_cache_gb, gpu_memory_utilization=args.gpu_memory_utilization,
-                          seed=args.seed, enforce_eager=args.enforce_eager)
-        return serve_foreground(spec, args.log_dir)
+        return serve_foreground(_serve_spec(args), args.log_dir)
     base_dir = Path(args.recipe).parent
     if args.command == "config":
         # show prints what was asked even when the model is not there yet; validate checks it all

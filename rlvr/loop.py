@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from rlvr.config import Config
-from rlvr.run.build import make_accelerator
+from rlvr.run.build import accelerator
 from rlvr.run.lifecycle import StopSignals, run_folder_lock
 from rlvr.run.setup import setup
 from rlvr.run.step import (
@@ -36,8 +36,8 @@ def train(cfg: Config, base_dir: Path | None = None) -> Path:
     """
     # first of all, so that a signal during a long start-up is not lost
     with StopSignals(announce=os.environ.get("RANK", "0") == "0") as signals:
-        acc = make_accelerator(cfg)
-        with run_folder_lock(Path(cfg.run.output_dir), acc), setup(cfg, base_dir, acc, signals) as run:
+        with accelerator(cfg) as acc, run_folder_lock(Path(cfg.run.output_dir), acc), \
+                setup(cfg, base_dir, acc, signals) as run:
             for step in range(run.start + 1, cfg.run.steps + 1):
                 clock = StepClock()
                 hooks = refresh(run, step)  # plug-in work beyond the batch (VAS re-scoring, GVM estimation)

@@ -450,9 +450,38 @@ def _async_problems(cfg: Config, targets: dict[str, Any]) -> list[str]:
     if r.workers.urls and r.engine != "vllm":
         problems.append("rollout.workers.urls: workers are vLLM servers (`rlvr serve`); set rollout.engine: vllm, "
                         "or leave the list empty for the in-process hf worker")
+    problems += _worker_gpu_problems(r)
     if r.mode == "disaggregated" and r.engine == "vllm" and r.vllm.sleep_mode:
         problems.append("rollout.vllm.sleep_mode: disaggregated workers keep their memory (they are not on the "
                         "learner's devices); set it to false")
+    return problems
+
+
+def _worker_gpu_problems(r: Any) -> list[str]:
+    """rollout.workers.gpus: one device list per started worker, each as wide as its tensor parallelism."""
+    gpus, problems = r.workers.gpus, []
+    if not gpus:
+        return problems
+    if r.mode != "disaggregated" or r.engine != "vllm":
+        problems.append("rollout.workers.gpus: places the vLLM workers of rollout.mode: disaggregated with "
+                        "rollout.engine: vllm; this recipe has none")
+    elif r.workers.urls:
+        problems.append("rollout.workers.gpus: places workers that rlvr starts; the workers at rollout.workers.urls "
+                        "run where they were started (rlvr serve under CUDA_VISIBLE_DEVICES)")
+    elif len(gpus) != r.workers.num:
+        problems.append(f"rollout.workers.gpus: {len(gpus)} entries for rollout.workers.num: {r.workers.num} "
+                        "workers (one CUDA_VISIBLE_DEVICES list per worker)")
+    tp = r.vllm.tensor_parallel_size
+    for i, entry in enumerate(gpus):
+        devices = [d.strip() for d in entry.split(",")]
+        if not all(d.isdigit() for d in devices):
+            problems.append(f"rollout.workers.gpus[{i}]: {entry!r} is not a comma-separated list of device numbers")
+        elif len(devices) != tp:
+            problems.append(f"rollout.workers.gpus[{i}]: {entry!r} has {len(devices)} device(s); each worker needs "
+                            f"rollout.vllm.tensor_parallel_size: {tp}")
+    seen = [d.strip() for entry in gpus for d in entry.split(",")]
+    if shared := sorted({d for d in seen if seen.count(d) > 1}):
+        problems.append(f"rollout.workers.gpus: device(s) {', '.join(shared)} given to more than one worker")
     return problems
 
 

@@ -136,6 +136,9 @@ class WorkersConfig(Section):
                             "http://node7:8100; empty: rlvr starts `num` of them on this machine")
     num: int = Field(1, ge=1, description="workers rlvr starts when `urls` is empty (vllm engine)")
     port: int = Field(8100, ge=1, le=65535, description="port of the first started worker (the next get +1, ...)")
+    gpus: list[str] = Field(default_factory=list, description="CUDA_VISIBLE_DEVICES of each started worker, one "
+                            "entry per worker with rollout.vllm.tensor_parallel_size devices, e.g. [\"4,5\", \"6,7\"]; "
+                            "empty: every worker sees the learner's devices")
     request_timeout_s: float = Field(600.0, gt=0.0, description="a request without an answer by then marks its "
                                      "worker down; its groups go to the others")
     health_every_s: float = Field(5.0, gt=0.0, description="seconds between health checks of every worker")

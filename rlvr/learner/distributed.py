@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -184,8 +185,34 @@ def make_accelerator(strategy: str, mixed_precision: str, max_grad_norm: float |
                 os.environ["ACCELERATE_CONFIG_DS_FIELDS"] = fields
         if not cuda:
             kwargs["kwargs_handlers"] = [InitProcessGroupKwargs(backend="gloo")]
+        _launched_alone()
         return Accelerator(cpu=False, **kwargs)
     return Accelerator(cpu=not cuda, **kwargs)
+
+
+_LAUNCHER_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def _launch_vars() -> dict[str, str]:
+    """The environment variables that tell accelerate and DeepSpeed how this process was launched."""
+    return {k: v for k, v in os.environ.items() if k in _LAUNCHER_VARS or k.startswith("ACCELERATE_")}
+
+
+def _launched_alone() -> None:
+    """Give a process started without a launcher the variables torchrun would give one process.
+
+    DeepSpeed always runs in a process group; accelerate only makes one when a launcher set
+    LOCAL_RANK, so `rlvr train` alone with ZeRO would fail on a missing group. `owned_process_group`
+    puts the variables back as they were.
+    """
+    if "LOCAL_RANK" in os.environ:
+        return
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(dict(zip(_LAUNCHER_VARS, ("0", "0", "1", "1", "127.0.0.1", str(port)), strict=True)))
 
 
 def _fsdp_on_cpu(acc: Accelerator, plugin: Any) -> None:
@@ -200,6 +227,36 @@ def _fsdp_on_cpu(acc: Accelerator, plugin: Any) -> None:
     from accelerate.state import PartialState
 
     PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+
+
+@contextmanager
+def owned_process_group() -> Iterator[None]:
+    """Destroy, on leaving, the process group that an Accelerator made inside (however it ends).
+
+    Left to the interpreter's exit, gloo's threads are torn down while they still hold tensors and
+    the process can abort after a run that succeeded ("terminate called without an active
+    exception", exit -6: seen once in CI on a 2-process ZeRO-3 run; pytorch/pytorch#190489).
+    A group that existed before is the caller's and is left alone. Accelerate's state of the group
+    is forgotten with it, and the launch variables are put back as they were, so a later
+    Accelerator in this process starts afresh.
+    """
+    import torch.distributed as dist
+    from accelerate.state import AcceleratorState
+
+    before = dist.is_available() and dist.is_initialized()
+    launcher = _launch_vars()
+    try:
+        yield
+    finally:
+        if not before and dist.is_available() and dist.is_initialized():
+            # local for gloo and NCCL: no other process needs to be here; DeepSpeed's own call also
+            # drops the groups it keeps (a later run would find them destroyed)
+            ds = sys.modules.get("deepspeed.comm")
+            (ds.destroy_process_group if ds is not None and ds.is_initialized() else dist.destroy_process_group)()
+            AcceleratorState._reset_state(reset_partial_state=True)
+        for key in _launch_vars().keys() - launcher.keys():  # as they were: `_launched_alone` and
+            del os.environ[key]  # accelerate's plugins (ACCELERATE_USE_DEEPSPEED) set some
+        os.environ.update(launcher)
 
 
 @contextmanager

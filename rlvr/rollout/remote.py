@@ -38,6 +38,7 @@ weights: at once if nothing was pushed yet (it loaded the checkpoint), otherwise
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import logging
 import secrets
 import threading
@@ -581,46 +582,35 @@ class RemoteEngine:
 
 
 def start_workers(
-    model_path: str,
+    spec: WorkerSpec,
     tokenizer: Any,
     *,
     urls: Sequence[str] = (),
     num: int = 1,
-    port: int = 8100,
-    host: str = "127.0.0.1",
     log_dir: str = "rollout_workers",
-    dtype: str = "auto",
-    tensor_parallel_size: int = 1,
-    max_model_len: int | None = None,
-    kv_cache_gb: float | None = None,
-    gpu_memory_utilization: float = 0.9,
-    max_num_seqs: int = 256,
-    gpus: Sequence[str] | None = None,
-    enforce_eager: bool = False,
-    seed: int = 0,
+    gpus: Sequence[str] = (),
     start_timeout_s: float = 600.0,
     **engine_kwargs: Any,
 ) -> RemoteEngine:
-    """The engine over `urls` if given, else over `num` workers started here on ports port, port + 1, ...
+    """The engine over `urls` if given, else over `num` workers started here from `spec`, on ports
+    spec.port, spec.port + 1, ... with seeds spec.seed, spec.seed + 1, ...
 
     Started workers come up in parallel and are stopped by the engine's `close`; a failed start
     raises WorkerStartError with the server log's last lines. gpus: CUDA_VISIBLE_DEVICES per
-    started worker. engine_kwargs: RemoteEngine's (request_timeout_s, health_every_s, restart, ...).
+    started worker (empty: inherited). engine_kwargs: RemoteEngine's (request_timeout_s,
+    health_every_s, restart, ...).
     """
     if urls:
-        return RemoteEngine(list(urls), tokenizer, model_path, seed=seed, **engine_kwargs)
-    servers = [WorkerServer(WorkerSpec(model_path, port=port + i, host=host, dtype=dtype,
-                                       tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len,
-                                       kv_cache_gb=kv_cache_gb, gpu_memory_utilization=gpu_memory_utilization,
-                                       seed=seed + i, max_num_seqs=max_num_seqs, enforce_eager=enforce_eager,
-                                       gpus=None if gpus is None else gpus[i]),
-                            log_dir, start_timeout_s) for i in range(num)]
+        return RemoteEngine(list(urls), tokenizer, spec.model_path, seed=spec.seed, **engine_kwargs)
+    servers = [WorkerServer(dataclasses.replace(spec, port=spec.port + i, seed=spec.seed + i,
+                                                gpus=gpus[i] if gpus else spec.gpus), log_dir, start_timeout_s)
+               for i in range(num)]
     for s in servers:
         s.launch()
     try:
         for s in servers:
             s.wait_ready()
-        return RemoteEngine(servers, tokenizer, model_path, seed=seed, owns_workers=True, **engine_kwargs)
+        return RemoteEngine(servers, tokenizer, spec.model_path, seed=spec.seed, owns_workers=True, **engine_kwargs)
     except BaseException:
         for s in servers:
             s.stop()

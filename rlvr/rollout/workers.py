@@ -26,6 +26,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -189,11 +190,31 @@ def _group_alive(pgid: int) -> bool:
         return False
 
 
+class _Stopped(Exception):
+    pass
+
+
+def _raise_stopped(signum: int, frame: Any) -> None:
+    raise _Stopped(signum)
+
+
 def serve_foreground(spec: WorkerSpec, log_dir: str | None) -> int:
-    """`rlvr serve`: run one worker until it exits or Ctrl-C (its output to the terminal or to log_dir).
+    """`rlvr serve`: run one worker until it exits, Ctrl-C or SIGTERM (its output to the terminal or
+    to log_dir). A stop reaches the server first (SIGTERM, SIGKILL after 15 s): a scheduler that
+    ends the job with SIGTERM leaves no server behind.
 
     With a log_dir the server runs there, as a launched worker does (see `WorkerServer.launch`).
     """
+    previous = signal.signal(signal.SIGTERM, _raise_stopped)
+    try:
+        return _serve(spec, log_dir)
+    except _Stopped:  # before the server was started
+        return 128 + signal.SIGTERM
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _serve(spec: WorkerSpec, log_dir: str | None) -> int:
     argv, env = server_command(with_absolute_model_path(spec))
     print(f"rlvr: serving {spec.model_path} at {spec.url} (weight transfer: {transfer_backend()})",
           file=sys.stderr, flush=True)
@@ -205,10 +226,45 @@ def serve_foreground(spec: WorkerSpec, log_dir: str | None) -> int:
         proc = subprocess.Popen(argv, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, cwd=log_dir)
     try:
         return proc.wait()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _Stopped):
         proc.terminate()
         try:
             return proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             proc.kill()
             return proc.wait()
+
+
+def _pid_running(pid: int) -> bool:
+    """Whether process `pid` runs (an exited child its parent has not reaped yet does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m rlvr.rollout.workers --wait S [--while-pid P] URL...`: exit 0 once every worker
+    answers its health check, 1 when S seconds pass or process P (the workers' launcher) ends
+    first. The Slurm script runs it before starting a learner on running workers."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m rlvr.rollout.workers")
+    p.add_argument("--wait", type=float, required=True, metavar="SECONDS")
+    p.add_argument("--while-pid", type=int, default=None)
+    p.add_argument("urls", nargs="+")
+    args = p.parse_args(argv)
+    alive = (lambda: True) if args.while_pid is None else (lambda: _pid_running(args.while_pid))
+    deadline = time.monotonic() + args.wait
+    down = [url for url in args.urls if not wait_healthy(url, deadline, alive)]
+    if down:
+        why = "" if alive() else " (the process that starts them has ended: see its output above)"
+        print(f"rlvr: rollout worker(s) not answering after {args.wait:.0f} s: {' '.join(down)}{why}",
+              file=sys.stderr)
+        return 1
+    print(f"rlvr: {len(args.urls)} rollout worker(s) answer", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from accelerate import Accelerator
@@ -25,12 +25,23 @@ from rlvr.rollout.base import NoEngine
 from rlvr.rollout.sync import default_tolerance
 from rlvr.types import Prompt
 
+if TYPE_CHECKING:
+    from rlvr.rollout.workers import WorkerSpec
+
 
 def make_accelerator(cfg: Config) -> Accelerator:
     """The Accelerator of `learner.strategy` (auto: what accelerate launch configured, else DDP)."""
     lc = cfg.learner
     return distributed.make_accelerator(distributed.resolve_strategy(lc.strategy), lc.mixed_precision,
                                         lc.max_grad_norm)
+
+
+@contextmanager
+def accelerator(cfg: Config) -> Iterator[Accelerator]:
+    """`make_accelerator` for the length of a run: the process group it starts is destroyed when
+    the run ends, however it ends, before the interpreter's exit can abort on it."""
+    with distributed.owned_process_group():
+        yield make_accelerator(cfg)
 
 
 def model_dir(cfg: Config, base_dir: Path | None) -> str:
@@ -162,15 +173,26 @@ def make_workers(cfg: Config, tokenizer: Any, model_path: str | Path, acc: Accel
                         interruptible=True)
     from rlvr.rollout.remote import start_workers  # httpx and the transfer code: only disaggregated vllm runs
 
-    w, v = r.workers, r.vllm
+    w = r.workers
     return start_workers(
-        str(model_path), tokenizer, urls=w.urls, num=w.num, port=w.port,
-        log_dir=w.log_dir or str(Path(cfg.run.output_dir) / "workers"), dtype=engine_dtype(cfg),
+        worker_spec(cfg, None, model_path=str(model_path), port=w.port), tokenizer, urls=w.urls, num=w.num,
+        gpus=w.gpus, log_dir=w.log_dir or str(Path(cfg.run.output_dir) / "workers"),
+        request_timeout_s=w.request_timeout_s, health_every_s=w.health_every_s, restart=w.restart,
+    )
+
+
+def worker_spec(cfg: Config, base_dir: Path | None, *, model_path: str | None = None, port: int = 8100,
+                host: str = "127.0.0.1") -> WorkerSpec:
+    """The rollout worker of a recipe: its model (model.path unless given) with the rollout.vllm
+    settings; what `rlvr train` starts and what `rlvr serve RECIPE` runs."""
+    from rlvr.rollout.workers import WorkerSpec
+
+    v = cfg.rollout.vllm
+    return WorkerSpec(
+        model_path or model_dir(cfg, base_dir), port=port, host=host, dtype=engine_dtype(cfg),
         tensor_parallel_size=v.tensor_parallel_size, max_model_len=v.max_model_len, kv_cache_gb=kv_cache_gb(cfg),
         gpu_memory_utilization=v.gpu_memory_utilization, max_num_seqs=v.max_num_seqs, enforce_eager=v.enforce_eager,
-        seed=cfg.run.seed, request_timeout_s=w.request_timeout_s, health_every_s=w.health_every_s,
-        restart=w.restart,
-    )
+        seed=cfg.run.seed)
 
 
 def kv_cache_gb(cfg: Config) -> float | None:

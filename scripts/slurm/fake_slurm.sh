@@ -35,21 +35,36 @@ esac
 EOF
 cat > "$FAKE_SLURM_DIR/bin/srun" <<'EOF'
 #!/bin/bash
-# srun stand-in for one node: drops srun's options, runs the command as task 0 of node 0
-while [[ $# -gt 0 && $1 == -* ]]; do shift; done
-echo $$ > "$FAKE_SLURM_DIR/step.pid"
-SLURM_NODEID=0 SLURM_PROCID=0 SLURM_LOCALID=0 exec "$@"
+# srun stand-in: one task per "node" of --nodes (default 1), all on this machine, each with its
+# SLURM_NODEID; srun's other options are dropped. It waits for its tasks, and passes SIGTERM on.
+nodes=1
+while [[ $# -gt 0 && $1 == -* ]]; do
+    case $1 in --nodes=*) nodes=${1#--nodes=} ;; esac
+    shift
+done
+echo $$ >> "$FAKE_SLURM_DIR/steps.pids"
+pids=()
+trap 'kill -TERM "${pids[@]}" 2>/dev/null' TERM
+for ((n = 0; n < nodes; n++)); do
+    SLURM_NODEID=$n SLURM_PROCID=$n SLURM_LOCALID=0 "$@" &
+    pids+=($!)
+done
+status=0
+for pid in "${pids[@]}"; do wait "$pid" || status=$?; done
+wait
+exit "$status"
 EOF
 cat > "$FAKE_SLURM_DIR/bin/scancel" <<'EOF'
 #!/bin/bash
-# scancel stand-in: `scancel --signal=SIG JOBID` signals every process of the job step, as Slurm
-# does through the step's cgroup, whatever their session (torchrun starts workers in new ones)
-[[ ${1:-} == --signal=* && -s $FAKE_SLURM_DIR/step.pid ]] || { echo "fake scancel: unsupported: $*" >&2; exit 1; }
+# scancel stand-in: `scancel --signal=SIG JOBID` signals every process of the job's steps, as Slurm
+# does through the steps' cgroups, whatever their session (torchrun starts workers in new ones)
+[[ ${1:-} == --signal=* && -s $FAKE_SLURM_DIR/steps.pids ]] || { echo "fake scancel: unsupported: $*" >&2; exit 1; }
 sig=${1#--signal=}
-pids=$(ps -eo pid=,ppid= | awk -v root="$(cat "$FAKE_SLURM_DIR/step.pid")" '
+pids=$(ps -eo pid=,ppid= | awk -v roots="$(tr '\n' ' ' < "$FAKE_SLURM_DIR/steps.pids")" '
+    BEGIN { n = split(roots, r, " "); for (i = 1; i <= n; i++) root[r[i]] = 1 }
     { parent[$1] = $2 }
-    END { for (p in parent) { q = p; while (q != root && q in parent) q = parent[q]; if (q == root) print p } }')
-echo "fake scancel: SIG$sig to the job step's processes" $pids >&2
+    END { for (p in parent) { q = p; while (!(q in root) && q in parent) q = parent[q]; if (q in root) print p } }')
+echo "fake scancel: SIG$sig to the job steps' processes" $pids >&2
 # shellcheck disable=SC2086
 kill -s "$sig" $pids 2>/dev/null || true
 EOF
@@ -64,7 +79,10 @@ if [[ $# -eq 0 ]]; then
 fi
 
 export PATH=$FAKE_SLURM_DIR/bin:$PATH
-export SLURM_JOB_ID=${SLURM_JOB_ID:-424242} SLURM_NNODES=1 SLURM_JOB_NODELIST=localhost
+# FAKE_SLURM_NODES=N: a job of N "nodes", every one this machine (RLVR_ROLLOUT_NODES may take some)
+FAKE_SLURM_NODES=${FAKE_SLURM_NODES:-1}
+export SLURM_JOB_ID=${SLURM_JOB_ID:-424242} SLURM_NNODES=$FAKE_SLURM_NODES
+SLURM_JOB_NODELIST=$(printf 'localhost,%.0s' $(seq "$FAKE_SLURM_NODES")); export SLURM_JOB_NODELIST=${SLURM_JOB_NODELIST%,}
 export SLURM_SUBMIT_DIR=$ROOT SLURM_RESTART_COUNT=${SLURM_RESTART_COUNT:-0}
 export RLVR_NPROC_PER_NODE=${RLVR_NPROC_PER_NODE:-2}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
@@ -90,7 +108,7 @@ status=0
 wait "$batch_pid" || status=$?
 if [[ -s $FAKE_SLURM_DIR/requeued ]]; then   # the job asked to be requeued: start it again, as Slurm would
     echo "fake_slurm: job ended with $status after a requeue request; starting it again"
-    rm -f "$FAKE_SLURM_DIR/requeued" "$FAKE_SLURM_DIR/step.pid"
+    rm -f "$FAKE_SLURM_DIR/requeued" "$FAKE_SLURM_DIR/steps.pids"
     status=0
     SLURM_RESTART_COUNT=$((SLURM_RESTART_COUNT + 1)) bash "$ROOT/scripts/slurm/train.sbatch" "$@" &
     batch_pid=$!

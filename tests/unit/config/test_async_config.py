@@ -39,6 +39,43 @@ def test_worker_urls_are_vllm_servers():
     assert "rollout.workers.urls" in text and "rollout.engine: vllm" in text
 
 
+def test_worker_gpus_one_device_list_per_started_worker():
+    vllm = ["rollout.mode=disaggregated", "rollout.engine=vllm", "rollout.workers.num=2",
+            "rollout.vllm.tensor_parallel_size=2"]
+    validate(apply_overrides(BASE, [*vllm, 'rollout.workers.gpus=["4,5", "6,7"]']))
+    text = problems(*vllm, 'rollout.workers.gpus=["4,5", "5,6", "7"]')
+    assert "rollout.workers.gpus: 3 entries for rollout.workers.num: 2" in text
+    assert "rollout.workers.gpus[2]: '7' has 1 device(s); each worker needs rollout.vllm.tensor_parallel_size: 2" \
+        in text
+    assert "rollout.workers.gpus: device(s) 5 given to more than one worker" in text
+    assert "is not a comma-separated list" in problems(*vllm, 'rollout.workers.gpus=["cuda:0,1", "2,3"]')
+    assert "this recipe has none" in problems('rollout.workers.gpus=["0"]')  # colocated: nothing to place
+    assert "run where they were started" in problems(
+        "rollout.mode=disaggregated", "rollout.engine=vllm", "rollout.workers.urls=[http://n7:8100]",
+        'rollout.workers.gpus=["0"]')
+
+
+def test_started_workers_get_their_devices_ports_and_seeds(tmp_path, monkeypatch):
+    from rlvr.rollout import remote
+    from rlvr.run.build import worker_spec
+
+    cfg = validate(apply_overrides(BASE, ["rollout.mode=disaggregated", "rollout.engine=vllm",
+                                          "rollout.workers.num=2", "rollout.vllm.tensor_parallel_size=2",
+                                          'rollout.workers.gpus=["4,5", "6,7"]', "rollout.vllm.dtype=float32",
+                                          "run.seed=3"]))
+    launched = []
+    monkeypatch.setattr(remote.WorkerServer, "launch", lambda self: launched.append(self.spec))
+    monkeypatch.setattr(remote.WorkerServer, "wait_ready", lambda self: None)
+    monkeypatch.setattr(remote, "RemoteEngine", lambda servers, *a, **k: servers)
+    spec = worker_spec(cfg, None, model_path="m", port=8100)
+    remote.start_workers(spec, None, num=2, gpus=cfg.rollout.workers.gpus, log_dir=str(tmp_path))
+    assert [(s.port, s.seed, s.gpus, s.tensor_parallel_size, s.dtype) for s in launched] == [
+        (8100, 3, "4,5", 2, "float32"), (8101, 4, "6,7", 2, "float32")]
+    from rlvr.rollout.workers import server_command
+
+    assert server_command(launched[1])[1]["CUDA_VISIBLE_DEVICES"] == "6,7"
+
+
 def test_bad_values_name_the_key():
     text = problems("rollout.mode=split", "rollout.stale=keep", "rollout.max_staleness=-1")
     for key in ("rollout.mode", "rollout.stale", "rollout.max_staleness"):

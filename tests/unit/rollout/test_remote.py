@@ -43,6 +43,7 @@ class FakeServer:
         self.up = True
         self.fail_completions = False  # HTTP 500 on /v1/completions
         self.delay_s = 0.0  # before an answer
+        self.gate: threading.Event | None = None  # when set: answers wait for it (at most 10 s)
         self.hold = False  # keep requests until /abort_requests
         self.arrival_delay_s = 0.0  # a request reaches the server this late (the abort race)
         self.label = "default"
@@ -88,6 +89,8 @@ class FakeServer:
             return httpx.Response(200, json={"choices": [{"index": i, "finish_reason": "abort", "token_ids": [],
                                                           "logprobs": None} for i in range(body["n"])]})
         time.sleep(self.delay_s)
+        if self.gate is not None:
+            self.gate.wait(10)
         choices = [{"index": i, "finish_reason": "stop", "token_ids": [body["seed"] % 7 + 2, i + 2, 1],
                     "logprobs": {"token_logprobs": [-0.5, -0.25, -0.125]}} for i in range(body["n"])]
         return httpx.Response(200, json={"choices": choices[::-1]})  # any order: the engine sorts by index
@@ -154,15 +157,33 @@ def test_groups_go_to_the_least_loaded_worker(tmp_path):
         assert worker.url == b.url and version == 0 and worker.outstanding == 1
         worker, _ = engine._acquire()  # b and c tie at 1: either, never a (2)
         assert worker.url in (b.url, c.url)
-        for w in engine.workers:
-            w.outstanding = 0
-        # a slow worker holds its groups longer, so the fast one serves most of them
-        a.delay_s = 0.5
-        _, served = engine.generate_with_info(batch([2] * 12), PARAMS)
     finally:
         engine.close()
+
+
+def test_a_slow_worker_gets_no_second_group_while_it_holds_one(tmp_path):
+    """With at most 3 requests in flight over 3 workers, a worker holding a group is never the least
+    loaded one (the other two would need a request each, a 4th in flight), so the slow worker serves
+    at most one group and the fast ones all the others. Its answer waits until they have served
+    them: no wall-clock bound."""
+    a, b, c = FakeServer(1), FakeServer(2), FakeServer(3)
+    a.gate = threading.Event()
+    engine = engine_over(a, b, c, tmp_path=tmp_path, max_concurrency=3)
+
+    def open_gate_when_the_others_are_done():
+        while len(b.requests) + len(c.requests) + len(a.requests) < 12 and not a.gate.is_set():
+            time.sleep(0.005)
+        a.gate.set()
+
+    opener = threading.Thread(target=open_gate_when_the_others_are_done, daemon=True)
+    opener.start()
+    try:
+        _, served = engine.generate_with_info(batch([2] * 12), PARAMS)
+    finally:
+        a.gate.set()
+        engine.close()
     urls = [s.url for s in served]
-    assert urls.count(a.url) <= 2 and urls.count(b.url) + urls.count(c.url) >= 10
+    assert urls.count(a.url) == len(a.requests) <= 1 and urls.count(b.url) + urls.count(c.url) >= 11
 
 
 def test_a_failing_worker_is_marked_down_and_its_groups_resubmitted(tmp_path):
