@@ -76,6 +76,9 @@ class ScoredRollouts:
     components: dict[str, torch.Tensor]  # name -> [N] float, unweighted
     correct: torch.Tensor  # [N] bool, the accuracy reward crossed its threshold
     metrics: dict[str, float] = field(default_factory=dict)
+    # the estimator's output for these samples when it was computed as their groups completed
+    # (an estimator of scope "group", rollout workers: see advantage_scope); None: at stage 3
+    estimated: AdvantageOutput | None = None
 
 
 @dataclass
@@ -135,6 +138,21 @@ class AdvantageInput:
     prompt_uids: list[str]  # N, stable prompt ids (for per-prompt state)
     step: int
     strata: list[Any] | None = None  # N, structural stratum key per sample (stratified estimators)
+
+
+def advantage_scope(estimator: Any) -> str:
+    """What an estimator's advantage of a sample depends on: "group" (only the samples of its own
+    group, e.g. GRPO: it may be computed as soon as the group is scored) or "batch" (the whole
+    step batch, e.g. BNPO's Beta fit or ΔL's length weights: it waits for every group of the
+    step). An estimator says so with a `scope` attribute; one that does not is "batch".
+
+    Example: GRPO.scope == "group"; a user estimator without the attribute -> "batch".
+    """
+    scope = getattr(estimator, "scope", "batch")
+    if scope not in ("group", "batch"):
+        raise ValueError(f"advantage estimator {type(estimator).__name__}: scope must be 'group' or 'batch', "
+                         f"got {scope!r}")
+    return scope
 
 
 @dataclass

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 
 from rlvr.advantage.grpo import group_stats
-from rlvr.types import Rollouts, ScoredRollouts
+from rlvr.types import AdvantageOutput, Rollouts, ScoredRollouts
 
 
 def informative_groups(scored: ScoredRollouts) -> torch.Tensor:
@@ -39,8 +39,11 @@ def select_groups(scored: ScoredRollouts, groups: list[int]) -> ScoredRollouts:
         rollout_logprobs=ro.rollout_logprobs[rows],
         texts=[ro.texts[r] for r in rows.tolist()], finish_reason=[ro.finish_reason[r] for r in rows.tolist()],
     )
+    est = scored.estimated
+    if est is not None:  # group-scope advantages stay valid for any subset of whole groups
+        est = AdvantageOutput(est.advantages[rows], None if est.weights is None else est.weights[rows], est.metrics)
     return ScoredRollouts(sub, scored.rewards[rows], {k: v[rows] for k, v in scored.components.items()},
-                          scored.correct[rows], scored.metrics)
+                          scored.correct[rows], scored.metrics, est)
 
 
 def _pad_to(x: torch.Tensor, width: int, value: float = 0) -> torch.Tensor:

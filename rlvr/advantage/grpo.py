@@ -77,6 +77,7 @@ def zero_std_fraction(rewards: torch.Tensor, group: torch.Tensor) -> float:
 
 class _GroupRelative:
     scale_by_std: bool
+    scope = "group"  # a sample's advantage needs only its own group (see rlvr.types.advantage_scope)
 
     def __init__(self, epsilon: Annotated[float, Field(ge=0)] = 1e-6, singleton: Literal["raw", "zero"] = "raw"):
         self.epsilon = epsilon

@@ -35,6 +35,8 @@ def leave_one_out_advantages(rewards: torch.Tensor, group: torch.Tensor) -> torc
 class RLOO:
     """r - mean of the other samples of the same prompt; singleton groups get 0."""
 
+    scope = "group"
+
     def __call__(self, inp: AdvantageInput) -> AdvantageOutput:
         if inp.rewards.numel() == 0:
             return AdvantageOutput(torch.zeros(0), None, {"advantage/zero_std_frac": 0.0})

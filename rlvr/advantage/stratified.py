@@ -183,6 +183,11 @@ class Stratified:
         self.ddof = ddof
         self.batch_level = batch_level
 
+    @property
+    def scope(self) -> str:
+        """"batch" with `batch_level` (strata pooled across the step's prompts), else "group"."""
+        return "batch" if self.batch_level else "group"
+
     def __call__(self, inp: AdvantageInput) -> AdvantageOutput:
         if inp.strata is None:
             raise ValueError(

@@ -38,18 +38,21 @@ from accelerate.utils import broadcast_object_list
 from rlvr.advantage.filters import select_groups
 from rlvr.buffer.rollouts import Draw, Entry, RolloutBuffer, staleness
 from rlvr.rollout.base import GenerationAborted
-from rlvr.types import ScoredRollouts
+from rlvr.types import AdvantageOutput, ScoredRollouts
 
 # one step batch of every process's groups: (scored, prompt indices, metrics); `pick` draws prompts
 Produce = Callable[[Callable[[int, int, int], Draw]], tuple[ScoredRollouts, list[int], dict[str, float]]]
+# the advantages of a produced batch for `step`, when the estimator needs only each sample's group
+Estimate = Callable[[ScoredRollouts, int], AdvantageOutput]
 
 
 class Pipeline:
     """The producer thread, the buffer it fills and the learner's side of it (`take`, `push`)."""
 
     def __init__(self, produce: Produce, draw: Callable[[int, int, int], Draw], engine: Any, *, k: int, stale: str,
-                 in_flight: str, steps: int, rank: int, world: int, plugin_lock: threading.RLock):
-        self.produce, self.draw, self.engine = produce, draw, engine
+                 in_flight: str, steps: int, rank: int, world: int, plugin_lock: threading.RLock,
+                 estimate: Estimate | None = None):
+        self.produce, self.draw, self.engine, self.estimate = produce, draw, engine, estimate
         self.k, self.stale, self.in_flight = k, stale, in_flight
         self.rank, self.world = rank, world
         self.steps = steps
@@ -114,8 +117,16 @@ class Pipeline:
                     self.replay.extendleft(reversed(self.buffer.in_production()))
                 self.counts["aborted"] += 1
                 return None
+        return self._entry(step, scored, indices, metrics, version)
+
+    def _entry(self, step: int, scored: ScoredRollouts, indices: list[int], metrics: dict[str, float],
+               version: int, draws: list[Draw] | None = None) -> Entry:
+        """A produced batch as a buffer entry: every sample tagged with `version`, and the
+        advantages computed now when the estimator needs only each sample's group."""
+        if self.estimate is not None:
+            scored.estimated = self.estimate(scored, step)
         versions = torch.full((len(scored.rollouts),), version, dtype=torch.long)
-        return Entry(step, scored, indices, metrics, versions)
+        return Entry(step, scored, indices, metrics, versions, draws if draws is not None else [])
 
     def _pick(self, count: int, share: int, world: int) -> Draw:
         """The next draw: a recorded one first (resume, abort), else the sampler's; recorded in the buffer."""
@@ -191,8 +202,7 @@ class Pipeline:
         with self.generating:
             version = self.version
             scored, indices, metrics = self.produce(pick)
-        versions = torch.full((len(scored.rollouts),), version, dtype=torch.long)
-        return Entry(entry.step, scored, indices, metrics, versions, entry.draws)
+        return self._entry(entry.step, scored, indices, metrics, version, entry.draws)
 
     def _idle_metrics(self, waited: float) -> dict[str, float]:
         """perf/learner_wait_s (this take), perf/producer_idle_frac and _busy_frac since the last take."""

@@ -38,7 +38,7 @@ from rlvr.run.pipeline import Pipeline
 from rlvr.run.resume_policy import apply_optimizer_changes, change_lines, check_resume
 from rlvr.run.services import TrainerServices
 from rlvr.sampling.draw import draw
-from rlvr.types import Prompt
+from rlvr.types import Prompt, advantage_scope
 
 
 @dataclass
@@ -228,11 +228,23 @@ def make_pipeline(run: Run) -> Pipeline:
     """The producer and buffer of the rollout workers; process 0's producer generates every process's
     groups (one share, world = 1) with the sampler's draws recorded for checkpoints."""
     r = run.cfg.rollout
-    from rlvr.run.step import collect  # the step's own stages 0-2, run on the producer's thread
+    from rlvr.run.step import collect, estimate_groups  # the step's own stages, run on the producer's thread
 
     return Pipeline(
         partial(collect, run, world=1), partial(draw, run.sampler, run.allocator), run.engine,
-        k=r.max_staleness, stale=r.stale, in_flight=r.in_flight, steps=run.cfg.run.steps, rank=run.rank, world=run.world, plugin_lock=run.plugin_lock)
+        k=r.max_staleness, stale=r.stale, in_flight=r.in_flight, steps=run.cfg.run.steps, rank=run.rank,
+        world=run.world, plugin_lock=run.plugin_lock,
+        estimate=partial(estimate_groups, run) if advantage_timing(run.cfg, run.estimator) == "produced" else None)
+
+
+def advantage_timing(cfg: Config, estimator: Any) -> str:
+    """When a run's advantages are computed: "produced" (by the rollout workers' producer, as each
+    batch is scored: an estimator of scope "group" whose rewards need no learner pass) or "step"
+    (stage 3 of the step that trains them: colocated runs, batch-level estimators, KL in the reward)."""
+    kl = cfg.loss.kl
+    if cfg.rollout.mode != "disaggregated" or (kl.coef > 0 and kl.where == "reward"):
+        return "step"
+    return "produced" if advantage_scope(estimator) == "group" else "step"
 
 
 def resume(run: Run, ckpt: Path, honoured: list[tuple[str, Any, Any]]) -> None:
@@ -271,6 +283,13 @@ def _announce(run: Run, policy_path: str, data_stats: dict[str, int], notes: lis
     start = f"resuming at step {run.start}" if run.checkpoint_dir else "fresh start"
     logger.write(f"rlvr: {cfg.run.name} | policy {policy_path} | {len(run.train_prompts)} train / "
                  f"{len(run.eval_prompts)} eval prompts | {start} | {run.world} process(es) on {run.acc.device}")
+    if cfg.rollout.mode == "disaggregated":
+        name = cfg.advantage.name
+        logger.write(f"rlvr: advantage {name}: computed as each batch is scored (it needs only each sample's group)"
+                     if advantage_timing(cfg, run.estimator) == "produced" else
+                     f"rlvr: advantage {name}: computed when the learner takes the step's batch ("
+                     + ("KL in the reward needs the learner's log-probs)" if advantage_scope(run.estimator) == "group"
+                        else "batch-level: it waits for every group of the step)"))
     for line in notes:
         logger.write(line)
     if data_stats["skipped"]:

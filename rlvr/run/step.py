@@ -28,7 +28,15 @@ from rlvr.rollout.sync import probe_sequence
 from rlvr.run.lifecycle import StopRequest, signal_stop
 from rlvr.run.setup import Run
 from rlvr.sampling.draw import draw
-from rlvr.types import AdvantageBatch, AdvantageInput, PromptBatch, Rollouts, ScoredRollouts, StepOutcome
+from rlvr.types import (
+    AdvantageBatch,
+    AdvantageInput,
+    AdvantageOutput,
+    PromptBatch,
+    Rollouts,
+    ScoredRollouts,
+    StepOutcome,
+)
 
 
 class StepClock:
@@ -120,7 +128,8 @@ def _all(flag: bool, world: int) -> bool:
 
 def advantages(run: Run, scored: ScoredRollouts, prompt_indices: list[int], step: int
                ) -> tuple[AdvantageBatch, StepOutcome | None, dict[str, float]]:
-    """Stage 3: the estimator on the whole step batch of all processes (groups are complete).
+    """Stage 3: the estimator on the whole step batch of all processes (groups are complete), unless
+    the rollout workers' producer computed it as the groups were scored (`scored.estimated`).
 
     Returns this process's AdvantageBatch (with the old and reference log-probs the loss needs),
     the step's outcome for plug-ins with an `observe` hook (None when none has one; it comes from
@@ -132,16 +141,38 @@ def advantages(run: Run, scored: ScoredRollouts, prompt_indices: list[int], step
     shaped = scored.rewards
     if ref_lp is not None and kl.where == "reward":
         shaped = kl_in_reward(scored.rewards, old_lp, ref_lp, ro.response_mask, kl.coef)
-    strata = [run.stratum_fn(t) for t in ro.texts] if run.stratum_fn else None
-    inp, local_rows, outcome = gather_step(scored, shaped, prompt_indices, step, run.rank, run.world, strata,
-                                           with_outcome=bool(run.hooked("observe")))
-    out = run.estimator(inp)
-    out.metrics["advantage/nonfinite_frac"] = zero_nonfinite(out)
+    out, outcome = scored.estimated, None
+    if out is None or run.hooked("observe"):  # every process alike: its share came from the same producer
+        strata = [run.stratum_fn(t) for t in ro.texts] if run.stratum_fn else None
+        inp, local_rows, outcome = gather_step(scored, shaped, prompt_indices, step, run.rank, run.world, strata,
+                                               with_outcome=bool(run.hooked("observe")))
+    if out is None:
+        out = _estimate(run, inp)
+        out = AdvantageOutput(out.advantages[local_rows], None if out.weights is None else out.weights[local_rows],
+                              out.metrics)
     weights = out.weights if out.weights is not None else torch.ones_like(out.advantages)
     # loss.old_policy: behaviour -> the ratio is taken against the log-probs recorded at generation
     ratio_old = ro.rollout_logprobs if learner.old_is_behaviour else old_lp
-    return AdvantageBatch(scored, out.advantages[local_rows], weights[local_rows], ratio_old, ref_lp), outcome, \
-        out.metrics
+    return AdvantageBatch(scored, out.advantages, weights, ratio_old, ref_lp), outcome, out.metrics
+
+
+def _estimate(run: Run, inp: AdvantageInput) -> AdvantageOutput:
+    """The estimator on `inp`, non-finite advantages zeroed (and counted in its metrics)."""
+    out = run.estimator(inp)
+    out.metrics["advantage/nonfinite_frac"] = zero_nonfinite(out)
+    return out
+
+
+def estimate_groups(run: Run, scored: ScoredRollouts, step: int) -> AdvantageOutput:
+    """The advantages of a batch the rollout workers' producer just scored (every process's groups),
+    for an estimator of scope "group" with rewards that need no learner pass (no KL in the
+    reward): the same input the learner's gather would build, so the same numbers."""
+    strata = [run.stratum_fn(t) for t in scored.rollouts.texts] if run.stratum_fn else None
+    inp, _, _ = gather_step(scored, scored.rewards, [], step, 0, 1, strata)
+    with run.plugin_lock:  # the learner's thread may be in a hook of the same plug-in
+        out = _estimate(run, inp)
+    out.metrics["advantage/at_production"] = 1.0
+    return out
 
 
 def gather_step(scored: ScoredRollouts, rewards: torch.Tensor, prompt_indices: list[int], step: int, rank: int,

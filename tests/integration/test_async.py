@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-import rlvr.run.step
+import rlvr.loop
 from tests.integration.conftest import ROOT, run_recipe
 from tests.integration.resume_check import (
     final_checkpoint,
@@ -28,7 +28,8 @@ ASYNC = ["rollout.mode=disaggregated"]
 # metrics only the disaggregated run has (staleness, buffer, producer), and the engine/learner
 # log-prob gap: the worker's copy computes the same numbers in another batch, ~1e-8 apart
 ONLY_ASYNC = ("rollout/staleness", "rollout/buffered", "rollout/version", "rollout/stale_", "rollout/aborted",
-              "rollout/update_s", "rollout/sync_", "perf/", "learner/rollout_logprob", "learner/mismatch")
+              "rollout/update_s", "rollout/sync_", "perf/", "learner/rollout_logprob", "learner/mismatch",
+              "advantage/at_production")
 
 
 def rows(run_dir: Path) -> list[dict]:
@@ -36,29 +37,37 @@ def rows(run_dir: Path) -> list[dict]:
 
 
 def spy_prompts(monkeypatch) -> dict[int, list[int]]:
-    """The prompts each trained step used, as the learner's gather sees them."""
+    """The prompts each trained step used, as the loop's advantage stage gets them."""
     seen: dict[int, list[int]] = {}
-    real = rlvr.run.step.gather_step
+    real = rlvr.loop.advantages
 
-    def spy(scored, rewards, prompt_indices, step, *args, **kwargs):
+    def spy(run, scored, prompt_indices, step):
         seen[step] = list(prompt_indices)
-        return real(scored, rewards, prompt_indices, step, *args, **kwargs)
+        return real(run, scored, prompt_indices, step)
 
-    monkeypatch.setattr(rlvr.run.step, "gather_step", spy)
+    monkeypatch.setattr(rlvr.loop, "advantages", spy)
     return seen
 
 
-def test_staleness_zero_is_the_synchronous_run(tmp_path, models_dir):
-    args = ["run.steps=6", "eval.every=3", "checkpoint.at_end=true", *QUIET]
+@pytest.mark.parametrize("estimator,produced", [
+    ([], True),  # GRPO needs only each group: computed by the producer as it scores each batch
+    (["advantage={name: delta_l}", "loss.aggregation={name: delta_l}"], False),  # batch-level: at the step
+])
+def test_staleness_zero_is_the_synchronous_run(tmp_path, models_dir, capfd, estimator, produced):
+    args = ["run.steps=6", "eval.every=3", "checkpoint.at_end=true", *QUIET, *estimator]
     sync = run_recipe(RECIPE, tmp_path / "sync", models_dir, *args)
     k0 = run_recipe(RECIPE, tmp_path / "k0", models_dir, *args, *ASYNC, "rollout.max_staleness=0")
     a = [{k: v for k, v in r.items() if k != "time" and not k.startswith(ONLY_ASYNC)} for r in metric_rows(sync)]
     b = [{k: v for k, v in r.items() if k != "time" and not k.startswith(ONLY_ASYNC)} for r in metric_rows(k0)]
     assert len(a) == len(b) == 9  # 6 steps + 3 evaluations
-    assert a == b
+    assert a == b  # every advantage/* statistic included
     assert not weight_differences(final_checkpoint(sync), final_checkpoint(k0))
     steps = [r for r in rows(k0) if "rollout/staleness_max" in r]
     assert [r["rollout/staleness_max"] for r in steps] == [0.0] * 6
+    assert all(("advantage/at_production" in r) == produced for r in steps)
+    said = capfd.readouterr().err
+    assert ("computed as each batch is scored" in said) == produced
+    assert ("batch-level: it waits for every group of the step" in said) == (not produced)
 
 
 def test_one_step_stale_learns_like_the_synchronous_run(tmp_path, models_dir):
