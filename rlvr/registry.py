@@ -205,6 +205,7 @@ REWARD = Registry("reward", ("rlvr.reward.builtins",))
 ADVANTAGE = Registry("advantage", ("rlvr.advantage",))
 AGGREGATION = Registry("aggregation", ("rlvr.learner.aggregation",))
 POLICY_LOSS = Registry("policy_loss", ("rlvr.learner.policy_loss",))
+ENV = Registry("env", ("rlvr.env",))
 
 
 def build_plugin(obj: Callable[..., Any], kwargs: dict[str, Any], context: dict[str, Any]) -> Any:

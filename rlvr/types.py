@@ -57,11 +57,30 @@ class Rollouts:
     rollout_logprobs: torch.Tensor  # [N, T] float, log p of each sampled token under the engine
     texts: list[str]  # N, decoded responses (special tokens and stop strings removed)
     finish_reason: list[str]  # N, "stop" (EOS or a stop string) or "length"
+    # multi-turn episodes (an `env`): the response is every token after the prompt, the model's and
+    # the environment's, as ids; response_mask marks the model's (trained and counted), env_mask
+    # the environment's (context only); texts hold each episode's last model turn (the answer)
+    # and contexts the text before it (earlier turns and the environment's messages).
+    env_mask: torch.Tensor | None = None  # [N, T] float, 1 on tokens the environment inserted
+    contexts: list[str] | None = None  # N
+    episodes: list[dict[str, Any]] | None = None  # N, turns, tool calls and end reason of each episode
 
     @property
     def lengths(self) -> torch.Tensor:
-        """[N] long, generated tokens of each sample (EOS included)."""
+        """[N] long, generated tokens of each sample (EOS included): the model's tokens only."""
         return self.response_mask.sum(-1).long()
+
+    @property
+    def widths(self) -> torch.Tensor:
+        """[N] long, tokens of each response, the environment's included (= lengths for one turn)."""
+        if self.env_mask is None:
+            return self.lengths
+        return (self.response_mask + self.env_mask).sum(-1).long()
+
+    @property
+    def present(self) -> torch.Tensor:
+        """[N, T] float, 1 on every real token of the response (the model's and the environment's)."""
+        return self.response_mask if self.env_mask is None else self.response_mask + self.env_mask
 
     def __len__(self) -> int:
         return len(self.texts)

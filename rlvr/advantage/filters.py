@@ -38,6 +38,9 @@ def select_groups(scored: ScoredRollouts, groups: list[int]) -> ScoredRollouts:
         response_ids=ro.response_ids[rows], response_mask=ro.response_mask[rows],
         rollout_logprobs=ro.rollout_logprobs[rows],
         texts=[ro.texts[r] for r in rows.tolist()], finish_reason=[ro.finish_reason[r] for r in rows.tolist()],
+        env_mask=None if ro.env_mask is None else ro.env_mask[rows],
+        contexts=None if ro.contexts is None else [ro.contexts[r] for r in rows.tolist()],
+        episodes=None if ro.episodes is None else [ro.episodes[r] for r in rows.tolist()],
     )
     est = scored.estimated
     if est is not None:  # group-scope advantages stay valid for any subset of whole groups
@@ -62,6 +65,9 @@ def concat_scored(a: ScoredRollouts, b: ScoredRollouts, pad_id: int) -> ScoredRo
         rollout_logprobs=torch.cat([_pad_to(ra.rollout_logprobs, w), _pad_to(rb.rollout_logprobs, w)]),
         texts=ra.texts + rb.texts, finish_reason=ra.finish_reason + rb.finish_reason,
     )
+    if ra.env_mask is not None or rb.env_mask is not None:  # episodes: both are (one env per run)
+        ro.env_mask = torch.cat([_pad_to(ra.env_mask, w), _pad_to(rb.env_mask, w)])
+        ro.contexts, ro.episodes = ra.contexts + rb.contexts, ra.episodes + rb.episodes
     comps = {k: torch.cat([a.components[k], b.components[k]]) for k in a.components}
     return ScoredRollouts(ro, torch.cat([a.rewards, b.rewards]), comps, torch.cat([a.correct, b.correct]), a.metrics)
 

@@ -57,7 +57,7 @@ def make_micro_batch(batch: AdvantageBatch, rows: list[int], norm: LossNorm, pad
     ro = batch.scored.rollouts
     idx = torch.tensor(rows, dtype=torch.long)
     prompts = [ro.prompts[int(ro.group[r])].token_ids for r in rows]
-    lens = ro.lengths[idx]
+    lens = ro.widths[idx]  # the environment's tokens of an episode too (context, not trained)
     width_r = max(int(lens.max()), 1)
     width_p = max(len(p) for p in prompts)
     b = len(rows)
@@ -69,7 +69,7 @@ def make_micro_batch(batch: AdvantageBatch, rows: list[int], norm: LossNorm, pad
     resp_ids = ro.response_ids[idx, :width_r]
     resp_mask = ro.response_mask[idx, :width_r]
     input_ids[:, width_p:] = resp_ids
-    attn[:, width_p:] = resp_mask.long()
+    attn[:, width_p:] = ro.present[idx, :width_r].long()
 
     def cut(x: torch.Tensor | None) -> torch.Tensor | None:
         return None if x is None else x[idx, :width_r]
@@ -93,6 +93,6 @@ def pack(batch: AdvantageBatch, rows: torch.Tensor, norm: LossNorm, budget: int,
     """Micro-batches covering `rows` of the step batch, all sharing one normaliser."""
     ro = batch.scored.rollouts
     prompt_lens = [len(ro.prompts[int(g)].token_ids) for g in ro.group]
-    resp_lens = ro.lengths.tolist()
+    resp_lens = ro.widths.tolist()
     plans = plan_micro_batches(prompt_lens, resp_lens, rows.tolist(), budget)
     return [make_micro_batch(batch, p, norm, pad_id) for p in plans]

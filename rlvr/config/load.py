@@ -44,6 +44,7 @@ from rlvr.registry import (
     AGGREGATION,
     ALLOCATOR,
     CONTEXT_ARGS,
+    ENV,
     POLICY_LOSS,
     SAMPLER,
     Registry,
@@ -358,6 +359,7 @@ PLUGIN_SECTIONS: list[tuple[tuple[str, ...], Registry]] = [
     (("advantage",), ADVANTAGE),
     (("loss", "policy"), POLICY_LOSS),
     (("loss", "aggregation"), AGGREGATION),
+    (("env",), ENV),
 ]
 
 
@@ -637,7 +639,8 @@ def _default_plugin_names(raw: dict[str, Any]) -> dict[str, Any]:
             default: Any = defaults[path[0]].get_default(call_default_factory=True)
             for part in path[1:]:
                 default = getattr(default, part)
-            section["name"] = default.name
+            if default is not None:  # an optional section (env) has no default plug-in to name
+                section["name"] = default.name
     return raw
 
 

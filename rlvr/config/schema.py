@@ -167,7 +167,11 @@ class RolloutConfig(Section):
                                          "default 1 for engines with their own weights, 0 for hf")
     sync_tolerance: float | None = Field(None, gt=0.0, description="largest allowed |engine - learner| probe "
                                          "log-prob after a push; default 1e-3 (float32 engine), 0.5 (16-bit)")
-    max_new_tokens: int = Field(256, ge=1)
+    max_new_tokens: int = Field(256, ge=1, description="tokens per reply (per model turn with an env)")
+    max_turns: int = Field(4, ge=1, description="with an env: model turns per episode at most")
+    max_episode_tokens: int | None = Field(None, ge=1, description="with an env: tokens after the prompt per "
+                                           "episode at most, the model's and the environment's; default "
+                                           "max_turns * max_new_tokens")
     temperature: float = Field(1.0, gt=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int = Field(0, ge=0, description="0 disables top-k")
@@ -357,6 +361,8 @@ class Config(Section):
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     reward: RewardConfig
     advantage: Plugin = Field(default_factory=lambda: Plugin(name="grpo"))
+    env: Plugin | None = Field(None, description="multi-turn episodes: the environment that answers the model "
+                               "between turns (tools, observations); none: one reply per sample")
     loss: LossConfig = Field(default_factory=LossConfig)
     learner: LearnerConfig = Field(default_factory=LearnerConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)

@@ -1,12 +1,13 @@
 """Verifiable tasks generated in code, addressed as `synthetic:<task>`.
 
 Why they exist: a tiny model trained from random weights learns them by RL alone within a minute
-on a laptop CPU, so tests and recipes can assert learning with nothing to download. Every answer
-is one character, so a correct sample is likely enough (about 1 in 10) for groups to have reward
-variance from the first step.
+on a laptop CPU, so tests and recipes can assert learning with nothing to download. The answers
+of mod_sum and succ are one character, so a correct sample is likely enough (about 1 in 10) for
+groups to have reward variance from the first step; sum's are not (a task for tools).
 
     mod_sum  "12+34="  -> "6"   (a + b) mod 10, a and b in [0, max_operand]
     succ     "12>"     -> "3"   (a + 1) mod 10, a in [0, max_operand]
+    sum      "12+34="  -> "46"  a + b, a multi-token answer (the calculator environment's task)
 
 Answers depend on the prompt and are uniform over the ten digits (exactly, in each split, when
 max_operand + 1 is a multiple of 10), so no constant answer scores above 0.1.
@@ -47,7 +48,11 @@ def _succ_row(a: int, width: int = 0) -> dict[str, Any]:
     return {"prompt": f"{a:0{width}d}>", "answer": str((a + 1) % 10), "a": a}
 
 
-TASKS: dict[str, Task] = {"mod_sum": Task(2, _mod_sum_row), "succ": Task(1, _succ_row)}
+def _sum_row(a: int, b: int, width: int = 0) -> dict[str, Any]:
+    return {"prompt": f"{a:0{width}d}+{b:0{width}d}=", "answer": str(a + b), "a": a, "b": b}
+
+
+TASKS: dict[str, Task] = {"mod_sum": Task(2, _mod_sum_row), "succ": Task(1, _succ_row), "sum": Task(2, _sum_row)}
 
 
 def generate(

@@ -7,7 +7,15 @@ from rlvr.types import Rollouts, ScoredRollouts
 
 
 def score_rollouts(runner: RewardRunner, rollouts: Rollouts) -> ScoredRollouts:
-    """Score every sample against its own prompt's text and dataset row."""
+    """Score every sample against its own prompt's text and dataset row.
+
+    An episode (rollouts with `contexts`) is scored on its whole trajectory: the reward's prompt is
+    the prompt followed by every turn before the last (the model's and the environment's), its
+    completion the last model turn (the answer).
+    """
     prompts = [rollouts.prompts[int(g)] for g in rollouts.group]
-    res = runner.score([p.text for p in prompts], rollouts.texts, [p.row for p in prompts])
+    texts = [p.text for p in prompts]
+    if rollouts.contexts is not None:
+        texts = [t + c for t, c in zip(texts, rollouts.contexts)]
+    res = runner.score(texts, rollouts.texts, [p.row for p in prompts])
     return ScoredRollouts(rollouts, res.total, res.components, res.correct, res.metrics)

@@ -69,5 +69,5 @@ def push_and_verify(
 
 def probe_sequence(rollouts: Rollouts) -> list[int]:
     """Prompt + response token ids of the first sample (at least two tokens, as the prompt is never empty)."""
-    n = int(rollouts.lengths[0])
+    n = int(rollouts.widths[0])
     return list(rollouts.prompts[int(rollouts.group[0])].token_ids) + rollouts.response_ids[0, :n].tolist()

@@ -114,7 +114,7 @@ def make_reward_runner(cfg: Config, base_dir: Path | None) -> RewardRunner:
 
 
 def make_plugins(cfg: Config, prompts: list[Prompt]) -> dict[str, Any]:
-    """sampler, allocator, advantage, policy_loss and aggregation, built from the plug-ins and kwargs
+    """sampler, allocator, advantage, policy_loss, aggregation and env (None without one), built from the plug-ins and kwargs
     that validation resolved and converted (`Plugin.target`, `Plugin.kwargs`): names resolve once,
     relative to the recipe, in `validate`."""
     context: dict[str, Any] = {
@@ -134,7 +134,8 @@ def make_plugins(cfg: Config, prompts: list[Prompt]) -> dict[str, Any]:
         "aggregation": cfg.loss.aggregation,
     }
     built = {key: build_plugin(p.target, p.kwargs, context) for key, p in sections.items()}
-    return {**built, "advantage": context["advantage"]}
+    env = build_plugin(cfg.env.target, cfg.env.kwargs, context) if cfg.env is not None else None
+    return {**built, "advantage": context["advantage"], "env": env}
 
 
 def make_engine(cfg: Config, learner: Learner, tokenizer: Any, model_path: str | Path, acc: Accelerator

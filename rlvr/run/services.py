@@ -67,7 +67,7 @@ class TrainerServices:
                     "order": i, "index": prompt_indices[i],
                     "correct": [bool(scored.correct[r]) for r in rows],
                     "rewards": [float(scored.rewards[r]) for r in rows],
-                    "response_ids": [ro.response_ids[r, : int(ro.lengths[r])].tolist() for r in rows],
+                    "response_ids": [ro.response_ids[r, : int(ro.widths[r])].tolist() for r in rows],
                 })
         return [{k: v for k, v in d.items() if k != "order"}
                 for d in sorted(self._gather(local), key=lambda d: d["order"])]

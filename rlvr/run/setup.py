@@ -22,6 +22,7 @@ from accelerate.utils import gather_object, set_seed
 
 from rlvr.config import Config, to_yaml
 from rlvr.config.preflight import check_prompt_lengths
+from rlvr.env.episodes import run_episodes
 from rlvr.eval.evaluate import evaluate
 from rlvr.learner import Learner
 from rlvr.learner.checkpoint import load_checkpoint_state, resolve_resume, save_checkpoint, set_rng_state
@@ -38,7 +39,7 @@ from rlvr.run.pipeline import Pipeline
 from rlvr.run.resume_policy import apply_optimizer_changes, change_lines, check_resume
 from rlvr.run.services import TrainerServices
 from rlvr.sampling.draw import draw
-from rlvr.types import Prompt, advantage_scope
+from rlvr.types import Prompt, PromptBatch, Rollouts, advantage_scope
 
 
 @dataclass
@@ -67,6 +68,7 @@ class Run:
     start: int = 0  # the last step already done (the checkpoint's step when resuming)
     checkpoint_dir: Path | None = None  # the checkpoint this run resumed from
     pipeline: Pipeline | None = None  # rollout.mode: disaggregated: the workers' producer and buffer
+    env: Any = None  # `env`: multi-turn episodes (rlvr/env/); None: one reply per sample
     # the plug-ins' state: drawn from by the producer thread, observed and saved by the learner's
     plugin_lock: threading.RLock = field(default_factory=threading.RLock)
     clock: CheckpointClock = field(init=False)  # time-based checkpoints, started just before the first step
@@ -86,6 +88,8 @@ class Run:
         """The objects whose state a checkpoint holds, by the key it is saved under."""
         objects = {"sampler": self.sampler, "allocator": self.allocator, "advantage": self.estimator,
                    "learner": self.learner, "alarms": self.alarms}
+        if self.env is not None:  # an environment that keeps state across episodes saves it too
+            objects["env"] = self.env
         if self.pipeline is not None:  # the buffer's pending draws and counters; the workers' seed counter
             objects["pipeline"] = self.pipeline
             if callable(getattr(self.engine, "state_dict", None)):
@@ -107,8 +111,18 @@ class Run:
             m = evaluate(self.engine, self.eval_prompts[: e.max_prompts], self.rewards,
                          max_new_tokens=e.max_new_tokens or cfg.rollout.max_new_tokens, stop=self.params.stop,
                          samples=e.samples, ks=e.ks, temperature=e.temperature, process_index=rank,
-                         num_processes=world)
+                         num_processes=world, generate=self.episodes if self.env is not None else None)
         self.logger.log(step, m)
+
+    def episodes(self, batch: PromptBatch, params: SamplingParams) -> Rollouts:
+        """Every sample of `batch` as an episode of the run's environment (rlvr/env/episodes.py)."""
+        return self.run_episodes(batch, params)[0]
+
+    def run_episodes(self, batch: PromptBatch, params: SamplingParams) -> tuple[Rollouts, dict[str, float]]:
+        """The episodes of `batch` and their env/* metrics, within rollout.max_turns and the token budget."""
+        r = self.cfg.rollout
+        return run_episodes(self.engine, batch, params, self.env, self.tokenizer, max_turns=r.max_turns,
+                            max_tokens=r.max_episode_tokens or r.max_turns * r.max_new_tokens)
 
     def checkpoint(self, step: int) -> Path:
         """Write the checkpoint of `step` (weights, optimiser, every plug-in's state, RNG); returns its folder."""
@@ -185,7 +199,7 @@ def setup(cfg: Config, base_dir: Path | None, acc: Accelerator, signals: StopSig
         logger=None,  # type: ignore[arg-type]
         alarms=Alarms(cfg.alarms),
         stratum_fn=load_object(cfg.rollout.stratum, base_dir) if cfg.rollout.stratum else None,
-        sync_every=sync_every, sync_tolerance=sync_tolerance, checkpoint_dir=ckpt,
+        sync_every=sync_every, sync_tolerance=sync_tolerance, checkpoint_dir=ckpt, env=plugins["env"],
     )
     if cfg.rollout.mode == "disaggregated":
         run.pipeline = make_pipeline(run)

@@ -93,10 +93,11 @@ def collect(run: Run, pick: Callable[[int, int, int], Draw] | None = None, world
         chosen, counts = pick(sc.prompts_per_step, want, world)
         mine = slice(rank * want, (rank + 1) * want)
         batch = PromptBatch([run.train_prompts[i] for i in chosen[mine]], counts[mine])
-        scored = score_rollouts(run.rewards, run.engine.generate(batch, run.params))
+        rollouts, episode_metrics = generate(run, batch)
+        scored = score_rollouts(run.rewards, rollouts)
         local = list(chosen[mine])
         # the first round's reward metrics, with the number of samples they count (for the reward_failures alarm)
-        metrics = metrics or {**scored.metrics, "reward/samples": float(len(scored.rollouts))}
+        metrics = metrics or {**scored.metrics, **episode_metrics, "reward/samples": float(len(scored.rollouts))}
         last_round = scored, local
         rounds += 1
         generated += len(local)
@@ -116,6 +117,14 @@ def collect(run: Run, pick: Callable[[int, int, int], Draw] | None = None, world
     kept.metrics = metrics
     metrics.update(rule.metrics(rounds, generated, dropped, len(indices)))
     return kept, indices, metrics
+
+
+def generate(run: Run, batch: PromptBatch) -> tuple[Rollouts, dict[str, float]]:
+    """Stage 1: one reply per sample, or with an `env` one multi-turn episode per sample (and the
+    env/* metrics of the episodes)."""
+    if run.env is None:
+        return run.engine.generate(batch, run.params), {}
+    return run.run_episodes(batch, run.params)
 
 
 def _all(flag: bool, world: int) -> bool:
@@ -143,7 +152,7 @@ def advantages(run: Run, scored: ScoredRollouts, prompt_indices: list[int], step
         shaped = kl_in_reward(scored.rewards, old_lp, ref_lp, ro.response_mask, kl.coef)
     out, outcome = scored.estimated, None
     if out is None or run.hooked("observe"):  # every process alike: its share came from the same producer
-        strata = [run.stratum_fn(t) for t in ro.texts] if run.stratum_fn else None
+        strata = _strata(run, ro)
         inp, local_rows, outcome = gather_step(scored, shaped, prompt_indices, step, run.rank, run.world, strata,
                                                with_outcome=bool(run.hooked("observe")))
     if out is None:
@@ -154,6 +163,15 @@ def advantages(run: Run, scored: ScoredRollouts, prompt_indices: list[int], step
     # loss.old_policy: behaviour -> the ratio is taken against the log-probs recorded at generation
     ratio_old = ro.rollout_logprobs if learner.old_is_behaviour else old_lp
     return AdvantageBatch(scored, out.advantages, weights, ratio_old, ref_lp), outcome, out.metrics
+
+
+def _strata(run: Run, ro: Rollouts) -> list | None:
+    """rollout.stratum's key of every sample, read from its whole response (an episode's every turn,
+    so e.g. count_tool_calls counts the calls of all turns), or None without a stratum function."""
+    if run.stratum_fn is None:
+        return None
+    texts = ro.texts if ro.contexts is None else [c + t for c, t in zip(ro.contexts, ro.texts)]
+    return [run.stratum_fn(t) for t in texts]
 
 
 def _estimate(run: Run, inp: AdvantageInput) -> AdvantageOutput:
@@ -167,7 +185,7 @@ def estimate_groups(run: Run, scored: ScoredRollouts, step: int) -> AdvantageOut
     """The advantages of a batch the rollout workers' producer just scored (every process's groups),
     for an estimator of scope "group" with rewards that need no learner pass (no KL in the
     reward): the same input the learner's gather would build, so the same numbers."""
-    strata = [run.stratum_fn(t) for t in scored.rollouts.texts] if run.stratum_fn else None
+    strata = _strata(run, scored.rollouts)
     inp, _, _ = gather_step(scored, scored.rewards, [], step, 0, 1, strata)
     with run.plugin_lock:  # the learner's thread may be in a hook of the same plug-in
         out = _estimate(run, inp)
@@ -194,7 +212,7 @@ def gather_step(scored: ScoredRollouts, rewards: torch.Tensor, prompt_indices: l
         local.update({
             "indices": prompt_indices, "correct": scored.correct.tolist(),
             "scored": None if rewards is scored.rewards else scored.rewards.tolist(),
-            "responses": [ro.response_ids[i, : int(n)].tolist() for i, n in enumerate(ro.lengths)],
+            "responses": [ro.response_ids[i, : int(n)].tolist() for i, n in enumerate(ro.widths)],
         })
     m, starts = _gather_rows(local, world)
     inp = AdvantageInput(
@@ -294,7 +312,7 @@ def rollout_metrics(ro: Rollouts) -> dict[str, float]:
 
 def _train_tokens(ro: Rollouts) -> float:
     prompt_tokens = sum(len(ro.prompts[int(g)].token_ids) for g in ro.group)
-    return float(prompt_tokens + ro.lengths.sum())
+    return float(prompt_tokens + ro.widths.sum())
 
 
 def end_step(run: Run, step: int, metrics: dict[str, float], signals: Any) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from rlvr.registry import ADVANTAGE, AGGREGATION, ALLOCATOR, POLICY_LOSS, REWARD, SAMPLER, Registry
+from rlvr.registry import ADVANTAGE, AGGREGATION, ALLOCATOR, ENV, POLICY_LOSS, REWARD, SAMPLER, Registry
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -23,7 +23,7 @@ ROWS: dict[str, dict[str, Registry]] = {
                            "`advantage`": ADVANTAGE, "`loss.policy`": POLICY_LOSS,
                            "`loss.aggregation`": AGGREGATION},
     "docs/architecture.md": {"sampler": SAMPLER, "allocator": ALLOCATOR, "reward": REWARD, "advantage": ADVANTAGE,
-                             "policy_loss": POLICY_LOSS, "aggregation": AGGREGATION},
+                             "policy_loss": POLICY_LOSS, "aggregation": AGGREGATION, "env": ENV},
 }
 
 

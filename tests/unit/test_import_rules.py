@@ -34,8 +34,11 @@ ALLOWED: dict[str, frozenset[str]] = {
     # the loop names the stages through run/step.py; it imports no stage itself
     "loop": frozenset({"run", "config"}),
     "eval.standalone": frozenset({"run", "eval", "config", "rollout", "metrics", "types", "errors"}),
-    "run": frozenset({"eval", "config", "data", "models", "metrics", *STAGES, "registry", "types", "errors"}),
+    "run": frozenset({"eval", "config", "data", "models", "metrics", *STAGES, "env", "registry", "types",
+                      "errors"}),
     "eval": frozenset({"rollout", "reward", "metrics", "types", "errors"}),
+    # stage 1 of a multi-turn run: plays episodes through any engine's generate
+    "env": frozenset({"rollout", "registry", "types", "errors"}),
     # config asks the learner which strategy a launch will run (plug-ins that need whole gradients)
     "config": frozenset({"data", "models", "reward", "learner", "registry", "types", "errors"}),
     # SPO's sampler draws by the success estimates the SPO estimator's tracker keeps.

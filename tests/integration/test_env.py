@@ -1,0 +1,81 @@
+"""`rlvr train` with an environment: episodes through the whole loop, a user's environment from a
+file, its state across a resume."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import ROOT, run_recipe
+
+pytestmark = [pytest.mark.agents, pytest.mark.slow]
+
+RECIPE = ROOT / "recipes" / "calculator.yaml"
+SMALL = ["sampling.prompts_per_step=4", "sampling.samples_per_prompt=4", "rollout.max_new_tokens=12",
+         "eval.max_prompts=4", "metrics.sinks=[jsonl]", "metrics.plot=false"]
+
+COUNTING_ENV = '''
+from rlvr.env import Reply
+
+
+class TwoTurns:
+    """Answers the first turn with "go on", ends the episode after the second; counts episodes
+    across the run (state a checkpoint must keep)."""
+
+    def __init__(self):
+        self.started = 0
+
+    def start(self, row):
+        self.started += 1
+        return {"turn": 0, "question": row["prompt"]}
+
+    def respond(self, state, turn):
+        state["turn"] += 1
+        if state["turn"] == 2:
+            return Reply.end("enough")
+        return Reply([{"role": "user", "content": "go on"}])
+
+    def state_dict(self):
+        return {"started": self.started}
+
+    def load_state_dict(self, state):
+        self.started = state["started"]
+'''
+
+
+def rows(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_user_environment_runs_through_the_loop_and_keeps_its_state_across_a_resume(tmp_path, models_dir):
+    env_file = tmp_path / "my_env.py"
+    env_file.write_text(COUNTING_ENV)
+    args = [*SMALL, f"env={{name: '{env_file}:TwoTurns'}}", "eval.every=2", "checkpoint.every=2", "run.resume=auto",
+            "rollout.max_episode_tokens=100"]
+    run_dir = run_recipe(RECIPE, tmp_path / "run", models_dir, "run.steps=2", *args)
+    train = [r for r in rows(run_dir) if "env/turns_mean" in r]
+    assert [r["step"] for r in train] == [1, 2]
+    assert all(r["env/turns_mean"] == 2.0 and r["env/end/enough"] == 1.0 for r in train), train
+    # the model's tokens only: two turns of at most 12 tokens each, the inserted ones not counted
+    assert all(r["rollout/len_max"] <= 24 for r in train)
+    assert [r["step"] for r in rows(run_dir) if "eval/accuracy" in r] == [0, 2]  # evaluation plays episodes too
+    import torch
+
+    state = torch.load(run_dir / "checkpoints" / "step_0000002" / "state.pt", weights_only=True)
+    # 2 steps x 16 episodes, plus 4 evaluation episodes at steps 0 and 2
+    assert state["plugins"]["env"] == {"started": 2 * 16 + 2 * 4}
+    resumed = run_recipe(RECIPE, tmp_path / "run", models_dir, "run.steps=3", *args)
+    state = torch.load(resumed / "checkpoints" / "step_0000003" / "state.pt", weights_only=True)
+    # continued from 40, not from 0: step 3's 16 episodes (its checkpoint comes before the final evaluation)
+    assert state["plugins"]["env"] == {"started": 2 * 16 + 2 * 4 + 16}
+
+
+def test_the_calculator_recipe_runs_episodes(tmp_path, models_dir):
+    run_dir = run_recipe(RECIPE, tmp_path / "calc", models_dir, "run.steps=2", "eval.every=0", "eval.at_start=false",
+                         *SMALL)
+    train = [r for r in rows(run_dir) if "env/turns_mean" in r]
+    assert len(train) == 2
+    for r in train:
+        ends = sum(v for k, v in r.items() if k.startswith("env/end/"))
+        assert ends == pytest.approx(1.0) and 1.0 <= r["env/turns_mean"] <= 3.0
+        assert r["perf/env_generate_s"] > 0 and "env/tool_calls_mean" in r

@@ -1,0 +1,101 @@
+"""Tool calls read from a reply, and what a tool environment answers to each kind of call."""
+
+import threading
+import time
+
+from rlvr.env import BadToolCall, ToolCall, ToolEnvironment, format_tool_call, parse_tool_calls
+from rlvr.env.calculator import Calculator, evaluate
+
+
+def test_well_formed_calls_in_order_with_text_around_them():
+    text = ("I will compute. " + format_tool_call("calculator", {"expression": "12*7"}) + " and "
+            + '<tool_call>{"name": "lookup", "arguments": "{\\"q\\": \\"x\\"}"}</tool_call>')
+    assert parse_tool_calls(text) == [ToolCall("calculator", {"expression": "12*7"}), ToolCall("lookup", {"q": "x"})]
+    assert parse_tool_calls("the answer is 84") == []
+
+
+def test_malformed_calls_say_why():
+    cases = {
+        '<tool_call>{"name": calculator}</tool_call>': "the call is not valid JSON: Expecting value (line 1 column 10)",
+        '<tool_call>["calculator"]</tool_call>': 'the call must be a JSON object {"name": ..., "arguments": {...}}',
+        '<tool_call>{"arguments": {}}</tool_call>': 'the call has no "name" (a string)',
+        '<tool_call>{"name": "c", "arguments": [1]}</tool_call>': '"arguments" must be a JSON object',
+        '<tool_call>{"name": "c", "arguments": "{x"}</tool_call>': '"arguments" is a string that is not valid JSON',
+        'ok <tool_call>{"name": "c", "argum': "the call has no closing </tool_call>",
+    }
+    for text, error in cases.items():
+        (call,) = parse_tool_calls(text)
+        assert isinstance(call, BadToolCall) and call.error.startswith(error), (text, call)
+
+
+def test_the_calculator_evaluates_arithmetic_and_nothing_else():
+    assert [evaluate(e) for e in ("(47 + 38) * 2", "7 / 2", "-3 + 1", "2 ** 10", "17 // 5", "17 % 5")] == [
+        "170", "3.5", "-2", "1024", "3", "2"]
+    for bad, why in [("__import__('os').system('true')", "only numbers"), ("2 ** 1000", "exponent 1000 is over 64"),
+                     ("1 / 0", "division by zero"), ("12 +", "cannot read"), ("", "non-empty"),
+                     ("9 ** 64 * 9 ** 64", "more than 60 digits")]:
+        try:
+            evaluate(bad)
+        except ValueError as e:
+            assert why in str(e), (bad, e)
+        else:
+            raise AssertionError(f"{bad!r} was evaluated")
+
+
+def test_a_tool_environment_answers_every_call_and_counts_errors():
+    env = Calculator()
+    reply = env.respond(env.start({}), "let me see " + format_tool_call("calculator", {"expression": "12*7"})
+                        + format_tool_call("calc", {}) + '<tool_call>{bad}</tool_call>'
+                        + format_tool_call("calculator", {"expression": "1/0"}))
+    assert not reply.done and reply.tool_calls == {"calculator": 2} and reply.tool_errors == 3
+    assert [m["content"] for m in reply.messages] == [
+        "84", "error: LookupError: unknown tool 'calc'; the tools are calculator",
+        "error: the call is not valid JSON: Expecting property name enclosed in double quotes (line 1 column 2)",
+        "error: ValueError: division by zero"]
+    assert all(m["role"] == "tool" for m in reply.messages)
+    done = env.respond(None, "84")
+    assert done.done and done.reason == "answer" and done.messages == []
+    many = env.respond(None, format_tool_call("calculator", {"expression": "1"}) * 6)
+    assert many.tool_calls == {"calculator": 4} and many.tool_errors == 2  # at most 4 per turn
+
+
+class Hangs(ToolEnvironment):
+    def __init__(self):
+        super().__init__(tool_timeout_s=0.2)
+        self.release = threading.Event()
+        self.tools = {"wait": lambda: self.release.wait(30) and "late", "boom": self.boom}
+
+    @staticmethod
+    def boom():
+        raise RuntimeError("the index is gone")
+
+
+def test_a_hanging_tool_ends_the_episode_and_a_crashing_one_is_an_error_the_model_sees():
+    env = Hangs()
+    t0 = time.perf_counter()
+    reply = env.respond(None, format_tool_call("boom", {}) + format_tool_call("wait", {}))
+    assert reply.done and reply.reason == "tool_timeout" and reply.tool_errors == 2
+    assert reply.tool_calls == {"boom": 1, "wait": 1} and time.perf_counter() - t0 < 5
+    env.release.set()
+    crash = env.respond(None, format_tool_call("boom", {}))
+    assert not crash.done and crash.messages == [{"role": "tool", "content": "error: RuntimeError: the index is gone"}]
+
+
+def test_the_worked_environment_in_the_docs_runs():
+    """docs/agents.md's example, as printed there."""
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[3] / "docs" / "agents.md").read_text()
+    code = re.search(r"```python\n(.*?)```", doc, re.S).group(1)
+    assert len(code.splitlines()) < 60
+    ns: dict = {}
+    exec(compile(code, "my_env.py", "exec"), ns)
+    env = ns["Guess"](low=1, high=4)
+    state = env.start({"prompt": "p"})
+    secret = state["secret"]
+    assert env.respond(state, "hmm").messages == [{"role": "user", "content": "answer with a number"}]
+    if secret > 1:
+        assert env.respond(state, "I say 1").messages == [{"role": "user", "content": "higher"}]
+    done = env.respond(state, f"it is {secret}")
+    assert done.done and done.reason == "found"
