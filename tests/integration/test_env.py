@@ -79,3 +79,12 @@ def test_the_calculator_recipe_runs_episodes(tmp_path, models_dir):
         ends = sum(v for k, v in r.items() if k.startswith("env/end/"))
         assert ends == pytest.approx(1.0) and 1.0 <= r["env/turns_mean"] <= 3.0
         assert r["perf/env_generate_s"] > 0 and "env/tool_calls_mean" in r
+
+
+def test_episodes_run_on_the_rollout_workers_too(tmp_path, models_dir):
+    """rollout.mode: disaggregated: the producer plays the episodes, k = 1 ahead of the learner."""
+    run_dir = run_recipe(RECIPE, tmp_path / "async", models_dir, "run.steps=3", "eval.every=0", "eval.at_start=false",
+                         "rollout.mode=disaggregated", "rollout.max_staleness=1", *SMALL)
+    train = [r for r in rows(run_dir) if "env/turns_mean" in r]
+    assert [r["step"] for r in train] == [1, 2, 3]
+    assert all(r["rollout/staleness_max"] <= 1 and r["advantage/at_production"] == 1.0 for r in train)

@@ -207,3 +207,49 @@ def test_one_engine_per_process_under_torchrun(tmp_path):
     for r in rows:
         assert r["rollout/sync_max_logprob_diff"] < 1e-3
         assert r["learner/rollout_logprob_diff"] < 1e-3
+
+
+def test_multi_turn_episodes_are_token_exact_and_the_same_as_hf(setup):
+    """Episodes through the vLLM engine: every turn conditioned on the exact ids so far (the engine
+    takes token ids, never text), and under greedy decoding the same trajectories, masks and
+    log-probs as the transformers engine with the same weights."""
+    from rlvr.env import Reply, run_episodes
+
+    path, tok, engine, prompts = setup
+    model = fresh_model(path)
+    engine.update_weights(lambda: model.named_parameters())  # earlier tests pushed trained weights
+
+    class Sevens:
+        def start(self, row):
+            return {"turns": 0}
+
+        def respond(self, state, turn):
+            state["turns"] += 1
+            return Reply([{"role": "user", "content": "7"}])
+
+    batch = PromptBatch(prompts[:6], [1] * 6)
+    params = SamplingParams(max_new_tokens=4, greedy=True)
+    seen = []
+    real = engine.generate
+
+    def spy(b, p):
+        seen.append([list(x.token_ids) for x in b.prompts])
+        return real(b, p)
+
+    engine.generate = spy
+    try:
+        vl, _ = run_episodes(engine, batch, params, Sevens(), tok, max_turns=3, max_tokens=64)
+    finally:
+        engine.generate = real
+    hf, _ = run_episodes(HFEngine(model, tok), batch, params, Sevens(), tok, max_turns=3, max_tokens=64)
+    assert len(seen) == 3
+    for i in range(6):  # turn t's context = the prompt + the trajectory's ids up to that turn
+        width = int(vl.widths[i])
+        ids = vl.response_ids[i, :width].tolist()
+        for ctx in seen:
+            extra = ctx[i][len(batch.prompts[i].token_ids):]
+            assert ctx[i][: len(batch.prompts[i].token_ids)] == batch.prompts[i].token_ids and ids[: len(extra)] == extra
+    assert torch.equal(vl.response_ids, hf.response_ids) and torch.equal(vl.env_mask, hf.env_mask)
+    assert torch.equal(vl.response_mask, hf.response_mask) and vl.texts == hf.texts
+    torch.testing.assert_close(vl.rollout_logprobs, hf.rollout_logprobs, rtol=0, atol=1e-4)
+    assert vl.env_mask.sum() > 0 and all(e["turns"] == 3 for e in vl.episodes)
