@@ -88,3 +88,16 @@ def test_episodes_run_on_the_rollout_workers_too(tmp_path, models_dir):
     train = [r for r in rows(run_dir) if "env/turns_mean" in r]
     assert [r["step"] for r in train] == [1, 2, 3]
     assert all(r["rollout/staleness_max"] <= 1 and r["advantage/at_production"] == 1.0 for r in train)
+
+
+def test_the_search_recipe_runs_with_strata_from_the_episodes(tmp_path, models_dir):
+    pytest.importorskip("bm25s", reason="needs bm25s (pip install -e .[agents])")
+    from scripts.make_search_task import main as make_task
+
+    data = tmp_path / "search"
+    assert make_task(["--out", str(data), "--people", "12"]) == 0
+    run_dir = run_recipe(ROOT / "recipes" / "search.yaml", tmp_path / "run", models_dir, "run.steps=2",
+                         "eval.every=0", "eval.at_start=false", f"data.train.path={data / 'train.jsonl'}",
+                         f"data.eval.path={data / 'test.jsonl'}", f"env.collection={data / 'docs.jsonl'}", *SMALL)
+    train = [r for r in rows(run_dir) if "env/turns_mean" in r]
+    assert len(train) == 2 and all("advantage/num_strata" in r for r in train)

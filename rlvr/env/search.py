@@ -1,0 +1,125 @@
+"""`env: {name: search, collection: docs.jsonl}`: a retrieval tool over a local document collection.
+
+The tool `search(query, k)` returns the k best documents for the query by BM25 (the `bm25s`
+library; `pip install -e .[agents]`), each as "[id] text". The collection is a JSON-lines file of
+{"id", "text"} rows: yours, or the fictional one `make_world` writes (with `scripts/make_search_task.py`)
+together with questions that need one search (who founded X?) or two (when was the founder of X
+born?). A reply without a call is the answer. The number of searches an episode made is the
+stratum key the `stratified` estimator was designed for (`rollout.stratum:
+rlvr.advantage.stratified:count_tool_calls`).
+
+    <tool_call>
+    {"name": "search", "arguments": {"query": "who founded Kestrel Works"}}
+    </tool_call>                  -> "[org-3] Kestrel Works was founded by Alma Verne in Tessaly."
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field
+
+from rlvr.env.base import ToolEnvironment
+from rlvr.registry import ENV
+
+
+class BM25Index:
+    """BM25 over a list of documents ({"id", "text"}); `search(query, k)` -> the k best, best first."""
+
+    def __init__(self, docs: list[dict[str, str]]):
+        import bm25s
+
+        if not docs:
+            raise ValueError("the search collection is empty")
+        self.docs = docs
+        self._bm25s = bm25s
+        self.index = bm25s.BM25()
+        self.index.index(bm25s.tokenize([d["text"] for d in docs], stopwords="en", show_progress=False),
+                         show_progress=False)
+
+    def search(self, query: str, k: int = 3) -> list[dict[str, str]]:
+        """The k documents that score highest for `query` (fewer when fewer match at all)."""
+        tokens = self._bm25s.tokenize([query], stopwords="en", show_progress=False)
+        k = max(1, min(k, len(self.docs)))
+        ids, scores = self.index.retrieve(tokens, k=k, show_progress=False)
+        return [self.docs[int(i)] for i, s in zip(ids[0], scores[0]) if s > 0]
+
+
+def read_collection(path: str | Path) -> list[dict[str, str]]:
+    """The {"id", "text"} rows of a JSON-lines file; a bad row is named by its line number."""
+    docs = []
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{n}: not JSON ({e.msg})") from None
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+            raise ValueError(f'{path}:{n}: a document needs a "text" string (and an "id")')
+        docs.append({"id": str(row.get("id", n)), "text": row["text"]})
+    return docs
+
+
+@ENV.register("search")
+class Search(ToolEnvironment):
+    """The search tool over `collection` (a JSON-lines file, relative to the recipe or absolute)."""
+
+    def __init__(self, collection: str, k: Annotated[int, Field(ge=1, le=20)] = 3,
+                 tool_timeout_s: Annotated[float, Field(gt=0)] = 10.0,
+                 max_calls_per_turn: Annotated[int, Field(ge=1)] = 2):
+        super().__init__(tool_timeout_s, max_calls_per_turn)
+        self.k = k
+        self.index = BM25Index(read_collection(collection))
+        self.tools = {"search": self.search}
+
+    def search(self, query: str, k: int | None = None) -> str:
+        """The best documents for `query`, one "[id] text" per line."""
+        if not isinstance(query, str) or not query.strip():
+            raise ValueError('"query" must be a non-empty string')
+        hits = self.index.search(query, int(k) if k is not None else self.k)
+        return "\n".join(f"[{d['id']}] {d['text']}" for d in hits) or "no document matches"
+
+
+# ---- a fictional world with one- and two-hop questions (no hub, no real-world knowledge) ----------
+
+_FIRST = ["Alma", "Boris", "Cleo", "Dario", "Elke", "Farid", "Greta", "Hugo", "Ines", "Jonas", "Kira", "Lev",
+          "Mina", "Nils", "Olga", "Pavel", "Quin", "Rosa", "Sven", "Tara", "Ugo", "Vera", "Wim", "Xena"]
+_LAST = ["Verne", "Oakes", "Marr", "Tillo", "Brandt", "Quist", "Halloran", "Ferro", "Lindqvist", "Abara",
+         "Castell", "Dunmore", "Esk", "Fairweather", "Gorsky", "Hale"]
+_CITIES = ["Tessaly", "Brimwater", "Caldor", "Dunmere", "Eskeby", "Farrow", "Glenhaven", "Harrowgate", "Ilmarsk",
+           "Jorvale", "Kestrin", "Lowmoor"]
+_ORGS = ["Kestrel Works", "Blue Finch Press", "Ironleaf Mills", "Harbor Lantern Co", "Quillstone Labs",
+         "Red Alder Foundry", "Silvergate Bank", "Tidewell Shipping", "Umber Oak Guild", "Vantage Glassworks",
+         "Willow Crane Studio", "Yellowmarsh Dairy"]
+
+
+def make_world(num_people: int = 40, seed: int = 0) -> tuple[list[dict[str, str]], list[dict[str, Any]]]:
+    """(documents, questions) of a fictional world: people with a birth city and year, organisations
+    with a founder. Questions: "Who founded <org>?" (1 hop: the org's document names the founder),
+    "In which city was <person> born?" (1 hop), "In what year was the founder of <org> born?"
+    (2 hops: the founder, then the founder's birth year). Each question row has "prompt",
+    "answer" and "hops".
+
+    Example document: {"id": "person-3", "text": "Cleo Marr was born in Caldor in 1871."}
+    """
+    rng = random.Random(seed)
+    names = rng.sample([f"{f} {last}" for f in _FIRST for last in _LAST], num_people)
+    people = [{"name": n, "city": rng.choice(_CITIES), "year": rng.randint(1820, 1960)} for n in names]
+    orgs = [{"name": o, "founder": rng.choice(people), "city": rng.choice(_CITIES)} for o in _ORGS]
+    docs = [{"id": f"person-{i}", "text": f"{p['name']} was born in {p['city']} in {p['year']}."}
+            for i, p in enumerate(people)]
+    docs += [{"id": f"org-{i}", "text": f"{o['name']} was founded by {o['founder']['name']} in {o['city']}."}
+             for i, o in enumerate(orgs)]
+    questions: list[dict[str, Any]] = []
+    for o in orgs:
+        questions.append({"prompt": f"Who founded {o['name']}?", "answer": o["founder"]["name"], "hops": 1})
+        questions.append({"prompt": f"In what year was the founder of {o['name']} born?",
+                          "answer": str(o["founder"]["year"]), "hops": 2})
+    for p in people:
+        questions.append({"prompt": f"In which city was {p['name']} born?", "answer": p["city"], "hops": 1})
+    rng.shuffle(questions)
+    return docs, questions
