@@ -69,6 +69,8 @@ RULES: dict[str, str] = {
     "reward.workers": HONOUR,
     "reward.max_tasks_per_worker": HONOUR,
     "reward.max_worker_memory_mb": HONOUR,
+    # the environment of multi-turn episodes is part of the task the policy learns ...
+    "env": REFUSE,
     # the objective
     "advantage": REFUSE,
     "loss": REFUSE,
