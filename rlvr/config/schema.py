@@ -143,6 +143,9 @@ class WorkersConfig(Section):
                                      "worker down; its groups go to the others")
     health_every_s: float = Field(5.0, gt=0.0, description="seconds between health checks of every worker")
     restart: bool = Field(True, description="restart a started worker that died (URL workers are only retried)")
+    keep_weights: bool | None = Field(None, description="keep a host copy of the last pushed weights so a worker "
+                                      "that comes back serves at once (default: only with one worker, where "
+                                      "waiting for the next push would stop the run)")
     log_dir: str | None = Field(None, description="started workers' logs; default: <run.output_dir>/workers")
 
 

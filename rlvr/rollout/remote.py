@@ -114,6 +114,7 @@ class RemoteEngine:
         max_concurrency: int = 64,
         owns_workers: bool = False,
         transport: httpx.BaseTransport | None = None,
+        keep_weights: bool | None = None,
     ):
         """workers: server URLs (run by someone else) or WorkerServers (launched here, restartable).
 
@@ -121,6 +122,9 @@ class RemoteEngine:
         server loaded; a server holding weights pushed by another engine takes no request until this
         one pushes. owns_workers: stop launched servers on `close` (and at interpreter exit).
         transport: the HTTP transport of every call to the workers (tests pass a fake one).
+        keep_weights: keep a CPU copy of the last pushed weights, so that a worker that comes back
+        (restarted, or reachable again) gets them at once instead of waiting for the next push;
+        None: only with a single worker (where waiting would stop the run).
         """
         if not workers:
             raise ValueError("rollout.workers: no worker URL and no worker to start")
@@ -138,6 +142,8 @@ class RemoteEngine:
         self.chunk_bytes = int(chunk_mb * 2**20)
         self.owns_workers = owns_workers
         self.workers = [_Worker(w, None) if isinstance(w, str) else _Worker(w.url, w) for w in workers]
+        self.keep_weights = len(self.workers) == 1 if keep_weights is None else keep_weights
+        self._kept: list[tuple[str, torch.Tensor]] | None = None  # the last push's weights (keep_weights)
         self.http = httpx.Client(timeout=httpx.Timeout(request_timeout_s, connect=10.0), transport=transport,
                                  limits=httpx.Limits(max_connections=max_concurrency + 16))
         self._pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="rlvr-rollout")
@@ -151,7 +157,7 @@ class RemoteEngine:
         self._next_seed = seed
         self._tie = 0
         self.counters = {"worker_failures": 0, "requests_resubmitted": 0, "requests_aborted": 0,
-                         "worker_restarts": 0}
+                         "worker_restarts": 0, "weights_repushed": 0}
         self.last_served: list[Served | None] = []
         if owns_workers:
             atexit.register(self._stop_servers)  # a learner that dies without `close` leaves no server behind
@@ -355,12 +361,16 @@ class RemoteEngine:
         with self._update_lock:
             self._push(weights, new)
 
-    def _push(self, weights: WeightsFn, new: int) -> None:
+    def _push(self, weights: WeightsFn, new: int, only: list[_Worker] | None = None) -> None:
+        """Push `weights` as policy `new` to every live worker, or to the workers `only` (a catch-up)."""
+        if only is None and self.keep_weights:  # one copy, on the host, for workers that come back
+            self._kept = [(n, t.detach().to("cpu", copy=True)) for n, t in weights()]
+            weights = lambda: iter(self._kept)  # noqa: E731
         with self._cond:
             self._updating = True
-            while any(w.outstanding for w in self.workers):  # they complete on the weights they started with
+            while any(w.outstanding for w in (only or self.workers)):  # they finish on the weights they started with
                 self._cond.wait(timeout=1.0)
-            targets = [w for w in self.workers if w.alive and not w.restarting]
+            targets = list(only) if only is not None else [w for w in self.workers if w.alive and not w.restarting]
         try:
             targets = self._each(targets, lambda w: self._post(w, "/pause", params={"mode": "wait"}))
             targets = self._each(targets, self._ensure_link)
@@ -374,7 +384,7 @@ class RemoteEngine:
                     w.version = new
                 self.version = new
         finally:
-            self._each([w for w in self.workers if w.alive], lambda w: self._post(w, "/resume"))
+            self._each([w for w in (only or self.workers) if w.alive], lambda w: self._post(w, "/resume"))
             with self._cond:
                 self._updating = False
                 self._cond.notify_all()
@@ -478,6 +488,7 @@ class RemoteEngine:
                     self._connect(w)
                     if w.alive:
                         self._post(w, "/resume", check=False)  # it may have died inside an update
+                        self._catch_up(w)
 
     def _restart(self, w: _Worker) -> None:
         try:
@@ -487,6 +498,7 @@ class RemoteEngine:
                 w.restarts += 1
                 self.counters["worker_restarts"] += 1
             self._connect(w)
+            self._catch_up(w)
         except Exception as e:  # recorded; the run goes on with the other workers
             with self._cond:
                 w.last_error = f"restart failed: {e}"
@@ -494,6 +506,18 @@ class RemoteEngine:
             with self._cond:
                 w.restarting = False
                 self._cond.notify_all()
+
+    def _catch_up(self, w: _Worker) -> None:
+        """Give a worker that came back the current weights from the kept copy (keep_weights), so it
+        serves at once; without a copy it waits for the learner's next push."""
+        if self._kept is None or not w.alive or w.version == self.version:
+            return
+        with self._update_lock:
+            if w.version != self.version:
+                self._push(lambda: iter(self._kept), self.version, only=[w])
+                with self._cond:
+                    self.counters["weights_repushed"] += 1
+                log.warning("rollout worker %s is back and has policy version %s again", w.url, self.version)
 
     # ---- plumbing --------------------------------------------------------------------------------
     def _get(self, w: _Worker, path: str, **kwargs: Any) -> Any:

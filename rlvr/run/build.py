@@ -179,6 +179,7 @@ def make_workers(cfg: Config, tokenizer: Any, model_path: str | Path, acc: Accel
         worker_spec(cfg, None, model_path=str(model_path), port=w.port), tokenizer, urls=w.urls, num=w.num,
         gpus=w.gpus, log_dir=w.log_dir or str(Path(cfg.run.output_dir) / "workers"),
         request_timeout_s=w.request_timeout_s, health_every_s=w.health_every_s, restart=w.restart,
+        keep_weights=w.keep_weights,
     )
 
 

@@ -66,6 +66,8 @@ class FakeServer:
             return httpx.Response(200, json={"world_size": 1})
         if path == "/weight_info":
             return httpx.Response(200, json={"weight_version": self.label})
+        if path in ("/pause", "/resume", "/reset_prefix_cache"):  # the push's steps (the transfer is faked)
+            return httpx.Response(200, json={})
         if path == "/abort_requests":
             with self.lock:
                 self.aborts += 1
@@ -279,9 +281,9 @@ class FakeProcess:
     def alive(self):
         return self.server.up
 
-    def start(self):
+    def start(self):  # a (re)started server loads the checkpoint again: vLLM's "default" label
         self.starts += 1
-        self.server.up = True
+        self.server.up, self.server.label = True, "default"
         self.proc = self
 
     def stop(self):
@@ -352,3 +354,57 @@ def test_no_worker_answers(tmp_path):
     a.up = False
     with pytest.raises(WorkersDownError, match="no rollout worker answers"):
         engine_over(a, tmp_path=tmp_path)
+
+
+# ---- a worker that comes back gets the kept weights --------------------------------------------------
+
+
+class FakeLink:
+    """The weight-transfer link of one server: records the tensors sent and sets the label at the end."""
+
+    def __init__(self, server: FakeServer):
+        self.server, self.sent = server, []
+        self.client = type("Client", (), {"start_weight_update": lambda _: None,
+                                          "finish_weight_update": lambda _, label: setattr(server, "label", label)})()
+
+    def send(self, chunk, pool) -> None:
+        self.sent.append(list(chunk.names))
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("keep", [None, False])
+def test_a_restarted_single_worker_gets_the_kept_weights_and_serves_at_once(tmp_path, monkeypatch, keep):
+    a = FakeServer(1)
+    process = FakeProcess(a)
+    links = []
+
+    def ensure_link(self, w):
+        if w.link is None:
+            w.link = FakeLink(a)
+            links.append(w.link)
+
+    monkeypatch.setattr(RemoteEngine, "_ensure_link", ensure_link)
+    engine = RemoteEngine([process], Tokenizer(), str(tmp_path), transport=httpx.MockTransport(Fleet(a)),
+                          health_every_s=0.05, keep_weights=keep)
+    try:
+        assert engine.keep_weights is (keep is None)  # default: on with a single worker
+        engine.update_weights(lambda: iter([("w", torch.ones(3))]), version=1)
+        assert a.label == engine._label(1) and links[0].sent == [["w"]]
+        a.up = False  # SIGKILL: the process is gone
+        deadline = time.monotonic() + 20
+        while engine.counters["worker_restarts"] < 1 or engine.workers[0].restarting:
+            assert time.monotonic() < deadline, engine.workers[0]
+            time.sleep(0.02)
+        if keep is None:  # pushed again from the host copy, labelled as the version it is
+            assert engine.counters["weights_repushed"] == 1 and a.label == engine._label(1)
+            assert len(links) == 2 and links[1].sent == [["w"]]
+            _, served = engine.generate_with_info(batch([2]), PARAMS)
+            assert served[0].version == 1
+        else:  # it holds the checkpoint's weights: no request until the learner's next push
+            assert engine.counters["weights_repushed"] == 0 and a.label == "default"
+            with pytest.raises(WorkersDownError, match="no rollout worker holds policy version 1"):
+                engine.generate(batch([2]), PARAMS)
+    finally:
+        engine.close()
