@@ -365,7 +365,7 @@ class RemoteEngine:
         """Push `weights` as policy `new` to every live worker, or to the workers `only` (a catch-up)."""
         if only is None and self.keep_weights:  # one copy, on the host, for workers that come back
             self._kept = [(n, t.detach().to("cpu", copy=True)) for n, t in weights()]
-            weights = lambda: iter(self._kept)  # noqa: E731
+            weights = lambda: iter(self._kept)
         with self._cond:
             self._updating = True
             while any(w.outstanding for w in (only or self.workers)):  # they finish on the weights they started with
