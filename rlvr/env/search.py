@@ -1,6 +1,6 @@
 """`env: {name: search, collection: docs.jsonl}`: a retrieval tool over a local document collection.
 
-The tool `search(query, k)` returns the k best documents for the query by BM25 (the `bm25s`
+The tool `search(query, k)` returns the k best documents for the query by BM25 (the `rank_bm25`
 library; `pip install -e .[agents]`), each as "[id] text". The collection is a JSON-lines file of
 {"id", "text"} rows: yours, or the fictional one `make_world` writes (with `scripts/make_search_task.py`)
 together with questions that need one search (who founded X?) or two (when was the founder of X
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -25,27 +26,38 @@ from pydantic import Field
 from rlvr.env.base import ToolEnvironment
 from rlvr.registry import ENV
 
+_WORD = re.compile(r"\w+")
+# words that say nothing about which document answers (a question's "who", "was", "the")
+_STOPWORDS = frozenset("a an and are as at be by for from has he her his in is it its of on or she that the their "
+                       "to was were what when where which who whom why with did does do how".split())
+
+
+def words(text: str) -> list[str]:
+    """Lower-case word tokens without stop words. Example: "Who founded Kestrel Works?" -> ["founded", "kestrel", "works"]."""
+    return [w for w in _WORD.findall(text.lower()) if w not in _STOPWORDS]
+
 
 class BM25Index:
-    """BM25 over a list of documents ({"id", "text"}); `search(query, k)` -> the k best, best first."""
+    """BM25 (Okapi, the `rank_bm25` library) over a list of documents ({"id", "text"});
+    `search(query, k)` -> the k best, best first, only documents that share a word with the query."""
 
     def __init__(self, docs: list[dict[str, str]]):
-        import bm25s
+        from rank_bm25 import BM25Okapi
 
         if not docs:
             raise ValueError("the search collection is empty")
         self.docs = docs
-        self._bm25s = bm25s
-        self.index = bm25s.BM25()
-        self.index.index(bm25s.tokenize([d["text"] for d in docs], stopwords="en", show_progress=False),
-                         show_progress=False)
+        self.index = BM25Okapi([words(d["text"]) or [""] for d in docs])
 
     def search(self, query: str, k: int = 3) -> list[dict[str, str]]:
         """The k documents that score highest for `query` (fewer when fewer match at all)."""
-        tokens = self._bm25s.tokenize([query], stopwords="en", show_progress=False)
-        k = max(1, min(k, len(self.docs)))
-        ids, scores = self.index.retrieve(tokens, k=k, show_progress=False)
-        return [self.docs[int(i)] for i, s in zip(ids[0], scores[0]) if s > 0]
+        q = words(query)
+        if not q:
+            return []
+        scores = self.index.get_scores(q)
+        terms = set(q)
+        best = sorted(range(len(self.docs)), key=lambda i: -scores[i])[: max(1, k)]
+        return [self.docs[i] for i in best if terms & set(words(self.docs[i]["text"]))]
 
 
 def read_collection(path: str | Path) -> list[dict[str, str]]:

@@ -10,7 +10,7 @@ from tests.integration.conftest import ROOT, run_recipe
 
 pytestmark = [pytest.mark.agents, pytest.mark.slow]
 
-RECIPE = ROOT / "recipes" / "calculator.yaml"
+RECIPE = ROOT / "recipes" / "agents" / "calculator.yaml"
 SMALL = ["sampling.prompts_per_step=4", "sampling.samples_per_prompt=4", "rollout.max_new_tokens=12",
          "eval.max_prompts=4", "metrics.sinks=[jsonl]", "metrics.plot=false"]
 
@@ -91,12 +91,12 @@ def test_episodes_run_on_the_rollout_workers_too(tmp_path, models_dir):
 
 
 def test_the_search_recipe_runs_with_strata_from_the_episodes(tmp_path, models_dir):
-    pytest.importorskip("bm25s", reason="needs bm25s (pip install -e .[agents])")
+    pytest.importorskip("rank_bm25", reason="needs rank_bm25 (pip install -e .[agents])")
     from scripts.make_search_task import main as make_task
 
     data = tmp_path / "search"
     assert make_task(["--out", str(data), "--people", "12"]) == 0
-    run_dir = run_recipe(ROOT / "recipes" / "search.yaml", tmp_path / "run", models_dir, "run.steps=2",
+    run_dir = run_recipe(ROOT / "recipes" / "agents" / "search.yaml", tmp_path / "run", models_dir, "run.steps=2",
                          "eval.every=0", "eval.at_start=false", f"data.train.path={data / 'train.jsonl'}",
                          f"data.eval.path={data / 'test.jsonl'}", f"env.collection={data / 'docs.jsonl'}", *SMALL)
     train = [r for r in rows(run_dir) if "env/turns_mean" in r]

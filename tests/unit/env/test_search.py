@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-pytest.importorskip("bm25s", reason="needs bm25s (pip install -e .[agents])")
+pytest.importorskip("rank_bm25", reason="needs rank_bm25 (pip install -e .[agents])")
 
 from rlvr.env import format_tool_call
 from rlvr.env.search import BM25Index, Search, make_world, read_collection
