@@ -2,7 +2,6 @@
 
 import socket
 import threading
-import time
 
 import pytest
 
@@ -20,9 +19,8 @@ def test_output_comes_back_and_the_standard_library_works():
 
 def test_time_limit_kills_a_busy_loop_and_a_sleeping_one():
     for code in ("while True: pass", "import time\ntime.sleep(60)"):
-        t0 = time.perf_counter()
         r = run_sandboxed(code, timeout_s=1.0)
-        assert r.ended == "timeout" and time.perf_counter() - t0 < 10
+        assert r.ended == "timeout" and r.returncode == -9  # killed, not finished
         assert r.text().endswith("[killed: time limit]")
 
 
