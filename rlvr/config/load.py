@@ -563,10 +563,26 @@ def _cross_problems(cfg: Config, base_dir: str | Path | None = None) -> list[str
         problems.append("data.prompt_field: set it or data.prompt_template")
     if cfg.learner.strategy in ("zero2", "zero3") and importlib.util.find_spec("deepspeed") is None:
         problems.append(f"learner.strategy: {cfg.learner.strategy} needs deepspeed (pip install -e .[deepspeed])")
+    problems += _lora_problems(cfg)
     n = cfg.sampling.prompts_per_step * cfg.sampling.samples_per_prompt
     if cfg.learner.mini_batches_per_step > n:
         problems.append(f"learner.mini_batches_per_step: {cfg.learner.mini_batches_per_step} is more than the "
                         f"{n} samples of a step")
+    return problems
+
+
+def _lora_problems(cfg: Config) -> list[str]:
+    """model.lora needs peft, and a strategy whose processes each hold whole parameters (single or ddp)."""
+    from rlvr.learner.distributed import planned_strategy
+    from rlvr.learner.lora import peft_missing, strategy_problem
+
+    if cfg.model.lora is None:
+        return []
+    problems = [peft_missing()] if importlib.util.find_spec("peft") is None else []
+    strategy = planned_strategy(cfg.learner.strategy)
+    if strategy is not None and (problem := strategy_problem(strategy)):
+        problems.append(problem + (" (learner.strategy: auto took it from accelerate launch)"
+                                   if cfg.learner.strategy == "auto" else ""))
     return problems
 
 

@@ -129,7 +129,8 @@ def model_problems(cfg: Config, base_dir: str | Path | None) -> list[str]:
     m: ModelConfig = cfg.model
     needs_ref = cfg.loss.kl.coef > 0
     problems = []
-    policy_needed = not _resumable(cfg) or (needs_ref and m.ref_path is None)
+    # LoRA checkpoints hold the adapter only: the base weights always come from model.path
+    policy_needed = not _resumable(cfg) or (needs_ref and m.ref_path is None) or m.lora is not None
     if m.build_tiny is None and policy_needed:
         problems += model_path_problems("model.path", m.path, base_dir)
     if m.ref_path is not None and needs_ref:

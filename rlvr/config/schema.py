@@ -63,13 +63,37 @@ class TinyModelBuild(Section):
     seed: int = 0
 
 
+class LoraSettings(Section):
+    """Low-rank adapters (LoRA, through the `peft` library): each targeted linear layer W gets a
+    trainable update (alpha / r) * B @ A of rank r, and only A and B are trained. Checkpoints hold
+    the adapter; the last one also holds the merged model in `model/` (see rlvr/learner/lora.py)."""
+
+    r: int = Field(16, ge=1, description="rank of each adapter")
+    alpha: float = Field(32.0, gt=0, description="scale numerator: the update is (alpha / r) * B @ A")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on the adapter's input while training")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="short names of the linear modules that get adapters (q_proj, v_proj, ...), "
+        "or all-linear: every linear layer but the output head")
+
+    @field_validator("target_modules", mode="before")
+    @classmethod
+    def _names_or_all(cls, v: Any) -> Any:
+        # checked here, before pydantic tries each member of the union, so that one message names the key
+        names = isinstance(v, list) and v and all(isinstance(x, str) and x for x in v)
+        if v != "all-linear" and not names:
+            raise ValueError("a non-empty list of module names (q_proj, v_proj, ...) or all-linear")
+        return v
+
+
 class ModelConfig(Section):
     path: str = Field(..., description="local folder or hub name of a causal LM")
     build_tiny: TinyModelBuild | None = Field(None, description="build a tiny random model at `path` if absent")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     gradient_checkpointing: bool = False
     attn_implementation: str | None = None
-    ref_path: str | None = Field(None, description="reference model for KL; default: model.path")
+    ref_path: str | None = Field(None, description="reference model for KL; default: model.path (with LoRA: "
+                                 "the policy with its adapters switched off, no second copy)")
+    lora: LoraSettings | None = Field(None, description="train low-rank adapters instead of every weight")
 
 
 class DatasetConfig(Section):

@@ -2,7 +2,10 @@
 
 Layout of `<output_dir>/checkpoints/step_0000040/`:
     model/          HF format (config, safetensors weights, tokenizer): loadable on its own; under
-                    FSDP2/ZeRO-3 the weights are gathered from the shards before rank 0 writes them
+                    FSDP2/ZeRO-3 the weights are gathered from the shards before rank 0 writes them.
+                    With model.lora only in the run's last checkpoint, holding the merged weights
+    adapter/        model.lora only: peft's adapter (adapter_config.json, adapter_model.safetensors)
+                    and the tokenizer; the base weights come from model.path on resume
     state.pt        step, optimiser (when every process holds all of it), scheduler, every plug-in's
                     state_dict, sampler position
     rng_rank<r>.pt  every random generator of process r (python, numpy, torch, cuda), as tensors
@@ -56,6 +59,7 @@ import numpy as np
 import torch
 
 from rlvr.errors import CheckpointError
+from rlvr.learner import lora
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 MANIFEST = "manifest.json"
@@ -240,11 +244,12 @@ def _problem_with_manifest(folder: Path, manifest: dict[str, Any], hashes: bool)
 
 def _problem_without_manifest(folder: Path) -> str | None:
     """The checks that need no manifest: the files every checkpoint has, and intact archives."""
-    for rel in ("state.pt", "rng_rank0.pt", "model/config.json"):
+    adapter = (folder / "adapter").is_dir()
+    for rel in ("state.pt", "rng_rank0.pt", f"adapter/{lora.ADAPTER_FILE}" if adapter else "model/config.json"):
         if not (folder / rel).is_file():
             return f"{rel} is missing"
-    weights = sorted((folder / "model").glob("*.safetensors"))
-    if not weights:
+    weights = sorted((folder / "model").glob("*.safetensors")) + sorted((folder / "adapter").glob("*.safetensors"))
+    if not weights and not adapter:
         return "model/ holds no safetensors weights"
     index = folder / "model" / "model.safetensors.index.json"
     if index.is_file():
@@ -455,8 +460,13 @@ def save_checkpoint(
     keep_last: int,
     accelerator: Any,
     shards: Callable[[Path], None] | None = None,
+    final: bool = False,
 ) -> Path:
     """Write checkpoint `step` (all processes call this; rank 0 writes the shared files and the manifest).
+
+    A LoRA model (lora.is_lora) saves its adapter in `adapter/` instead of the weights in `model/`;
+    with `final` (the run's last step) the merged model goes to `model/` too, so that the last
+    checkpoint's `model/` is the trained model whether or not the run trained adapters.
 
     `shards(folder)`, when given, runs on every process and writes that process's files (a
     sharded optimiser state) into the folder before it is renamed into place. Raises CheckpointError,
@@ -468,7 +478,10 @@ def save_checkpoint(
     tmp = root / f".tmp-step_{step:07d}"
     main = accelerator.is_main_process
 
-    model_state = accelerator.get_state_dict(model)  # collective: gathers sharded weights onto rank 0
+    unwrapped = accelerator.unwrap_model(model)
+    adapter = lora.is_lora(unwrapped)
+    # collective without LoRA: gathers sharded weights onto rank 0
+    model_state = lora.adapter_state(unwrapped) if adapter else accelerator.get_state_dict(model)
     bad = _from_main(accelerator, _nonfinite(model_state) if main else None)
     if bad[0]:
         raise CheckpointError(
@@ -513,10 +526,16 @@ def save_checkpoint(
             attempt(lambda: shards(tmp), collective=True)
     if main:
         def write_shared() -> None:
-            unwrapped = accelerator.unwrap_model(model)
-            weights = _without_tied_aliases(model_state, unwrapped)
-            unwrapped.save_pretrained(tmp / "model", state_dict=weights, safe_serialization=True)
-            tokenizer.save_pretrained(tmp / "model")
+            if adapter:
+                lora.save_adapter(unwrapped, tmp / "adapter")
+                tokenizer.save_pretrained(tmp / "adapter")
+            else:
+                weights = _without_tied_aliases(model_state, unwrapped)
+                unwrapped.save_pretrained(tmp / "model", state_dict=weights, safe_serialization=True)
+            if adapter and final:
+                lora.save_merged(unwrapped, tmp / "model")
+            if not adapter or final:
+                tokenizer.save_pretrained(tmp / "model")
             _save_torch(state, tmp / "state.pt")
             if problem := pickle_problem(tmp / "state.pt", "state.pt"):
                 where = _unplain(state, "state")

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
-from rlvr.learner import grad_norms, shards, weights
+from rlvr.learner import grad_norms, lora, shards, weights
 from rlvr.learner.batching import Batcher, BatchingConfig
 from rlvr.learner.distributed import SHARDED, global_sum, strategy_of
 from rlvr.learner.guard import NonFiniteGuard, nonfinite_part
@@ -46,8 +46,9 @@ from rlvr.types import AdvantageBatch, LossNorm, MicroBatch
 class Learner:
     """The policy being trained, its optimiser, and the update of one RL step (`step`).
 
-    `model` is the HF policy (prepared here for the strategy), `ref_model` the frozen KL reference
-    or None; `policy_loss` maps log-probs to a per-token loss [B, T], `aggregation` turns that into
+    `model` is the HF policy (prepared here for the strategy; with LoRA a peft model, whose optimiser
+    holds the adapters only), `ref_model` the frozen KL reference or None (`ref_is_base`: the policy's
+    base weights, its adapters switched off, are the reference instead); `policy_loss` maps log-probs to a per-token loss [B, T], `aggregation` turns that into
     a scalar, `rollout_correction` (or None) weighs tokens by engine/learner importance ratios.
     `temperature` is the rollout temperature every log-prob is taken at.
     """
@@ -67,6 +68,7 @@ class Learner:
         rollout_correction: Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]] | None = None,
         max_nonfinite_steps: int = 3,
         old_is_behaviour: bool = False,
+        ref_is_base: bool = False,
     ):
         self.acc = accelerator
         self.policy_loss, self.aggregation = policy_loss, aggregation
@@ -79,6 +81,8 @@ class Learner:
         self.batcher = Batcher(accelerator, batching)
         self.guard = NonFiniteGuard(max_nonfinite_steps)
         self.strategy = strategy_of(accelerator)
+        if lora.is_lora(model) and (problem := lora.strategy_problem(self.strategy)):
+            raise ValueError(problem)
         optimizer = make_optimizer(model, optim)
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
         # DeepSpeed wraps the module in its engine, which steps, clips and zeroes gradients itself
@@ -90,6 +94,8 @@ class Learner:
         # weights, at the price of a collective in every reference forward; unsharded, its forwards
         # need no lock-step between processes.
         self.ref_model = ref_model.to(accelerator.device) if ref_model is not None else None
+        # LoRA: the reference is the policy with its adapters switched off (the frozen base weights)
+        self.ref_is_base = ref_is_base
 
     @property
     def unwrapped(self) -> torch.nn.Module:
@@ -122,13 +128,15 @@ class Learner:
     def logprobs(self, batch: AdvantageBatch, use_ref: bool) -> torch.Tensor:
         """[N, T] log-probs of every response token under the policy or the reference model (0 at
         padding). Collective for the policy: every process calls it, with its own batch."""
-        model = self.ref_model if use_ref else self.model
+        base = use_ref and self.ref_is_base
+        model = self.unwrapped if base else self.ref_model if use_ref else self.model
         out = torch.zeros_like(batch.scored.rollouts.rollout_logprobs)
         # the policy's forwards may be collective (see Batcher.equalise); the reference model is local
-        for mb, scale in self.batcher.scoring(batch, collective=not use_ref):
-            lp, _ = response_logprobs(model, mb, self.temperature)
-            if scale:
-                out[mb.index, : lp.shape[1]] = lp.float().cpu() * mb.response_mask
+        with model.disable_adapter() if base else nullcontext():
+            for mb, scale in self.batcher.scoring(batch, collective=not use_ref):
+                lp, _ = response_logprobs(model, mb, self.temperature)
+                if scale:
+                    out[mb.index, : lp.shape[1]] = lp.float().cpu() * mb.response_mask
         return out
 
     def sequence_logprobs(self, token_ids: list[int]) -> torch.Tensor:
@@ -201,7 +209,7 @@ class Learner:
         pg = self.aggregation(tok_loss, mask, mb.norm)
         loss = pg
         stats = {"pg_loss": float(pg.detach())}
-        if self.ref_model is not None:
+        if self.ref_model is not None or self.ref_is_base:
             kl = kl_estimate(logp, mb.ref_logprobs.to(device), self.kl.estimator) * mask
             kl_agg = self.aggregation(kl, mask, mb.norm)
             if self.kl.in_loss:

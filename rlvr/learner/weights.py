@@ -8,19 +8,24 @@ from collections.abc import Iterator
 
 import torch
 
+from rlvr.learner import lora
 from rlvr.learner.logprobs import response_logprobs
 from rlvr.types import LossNorm, MicroBatch
 
 
 def full_weights(model: torch.nn.Module, strategy: str) -> Iterator[tuple[str, torch.Tensor]]:
     """(HF name, full tensor) of every parameter of the unwrapped HF `model`, in `named_parameters()`
-    order ("model.layers.0.self_attn.q_proj.weight"; tied weights appear once).
+    order ("model.layers.0.self_attn.q_proj.weight"; tied weights appear once). A LoRA model gives
+    its merged weights under the base model's names (lora.merged_weights).
 
     Collective under FSDP2 and ZeRO-3: every process must drain the iterator, in step. Each
     parameter is gathered when it is reached and released before the next one, so the extra
     memory is one full parameter. A tensor is valid until the iterator advances and must not be
     modified (without sharding it is the live parameter): copy it to keep it.
     """
+    if lora.is_lora(model):  # the base model's names, the adapters merged in (single and ddp only)
+        yield from lora.merged_weights(model)
+        return
     if strategy == "zero3":
         import deepspeed
 

@@ -16,7 +16,7 @@ from rlvr.config import Config
 from rlvr.config.load import reward_specs
 from rlvr.config.schema import DatasetConfig
 from rlvr.data import build_prompts, load_rows
-from rlvr.learner import BatchingConfig, KLSettings, Learner, OptimConfig, distributed
+from rlvr.learner import BatchingConfig, KLSettings, Learner, OptimConfig, distributed, lora
 from rlvr.learner.rollout_correction import rollout_is_weights
 from rlvr.registry import build_plugin
 from rlvr.reward import RewardRunner
@@ -63,9 +63,10 @@ def _dtype(cfg: Config) -> torch.dtype:
             "float16": torch.float16}[cfg.model.dtype]
 
 
-def load_model(path: str | Path, cfg: Config, trainable: bool = True) -> torch.nn.Module:
-    """The causal LM at `path` in model.dtype; trainable: the policy (gradient checkpointing if asked),
-    else a frozen copy in eval mode (the KL reference)."""
+def load_model(path: str | Path, cfg: Config, trainable: bool = True, adapter: Path | None = None) -> torch.nn.Module:
+    """The causal LM at `path` in model.dtype; trainable: the policy (gradient checkpointing if asked;
+    with model.lora, fresh adapters on the frozen model at `path`, or those saved in `adapter` when
+    resuming), else a frozen copy in eval mode (the KL reference)."""
     kwargs: dict[str, Any] = {"dtype": _dtype(cfg)}
     if cfg.model.attn_implementation:
         kwargs["attn_implementation"] = cfg.model.attn_implementation
@@ -76,6 +77,12 @@ def load_model(path: str | Path, cfg: Config, trainable: bool = True) -> torch.n
         if cfg.model.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = True  # generation still uses the KV cache
+        if cfg.model.lora is not None:
+            lc = cfg.model.lora
+            model = lora.add_adapters(model, r=lc.r, alpha=lc.alpha, dropout=lc.dropout,
+                                      target_modules=lc.target_modules)
+            if adapter is not None:
+                lora.load_adapter(model, adapter)
     else:
         model.eval().requires_grad_(False)
     return model
@@ -268,5 +275,11 @@ def make_learner(cfg: Config, model: torch.nn.Module, ref_model: torch.nn.Module
         temperature=params.temperature,
         kl=KLSettings(coef=kl.coef, estimator=kl.estimator, in_loss=kl.where == "loss"),
         rollout_correction=make_rollout_correction(cfg), max_nonfinite_steps=lc.max_nonfinite_steps,
-        old_is_behaviour=old_is_behaviour(cfg),
+        old_is_behaviour=old_is_behaviour(cfg), ref_is_base=ref_is_base(cfg),
     )
+
+
+def ref_is_base(cfg: Config) -> bool:
+    """With model.lora, a KL term and no model.ref_path, the reference is the policy with its adapters
+    switched off (the base model), so no second copy is loaded."""
+    return cfg.model.lora is not None and cfg.model.ref_path is None and cfg.loss.kl.coef > 0

@@ -132,7 +132,8 @@ class Run:
         self.clock.reset()
         return save_checkpoint(self.dir, step, model=self.learner.model, tokenizer=self.tokenizer, state=state,
                                config_yaml=to_yaml(self.cfg), keep_last=self.cfg.checkpoint.keep_last,
-                               accelerator=self.acc, shards=self.learner.save_shards)
+                               accelerator=self.acc, shards=self.learner.save_shards,
+                               final=step == self.cfg.run.steps)
 
     def sync_weights(self, probe: list[int] | None, version: int) -> dict[str, float]:
         """Push the learner's weights (those after step `version`) into the engine; with a probe
@@ -174,14 +175,16 @@ def setup(cfg: Config, base_dir: Path | None, acc: Accelerator, signals: StopSig
     policy_path = build.model_dir(cfg, base_dir) if acc.is_main_process else None
     acc.wait_for_everyone()
     policy_path = policy_path or build.model_dir(cfg, base_dir)
-    weights = ckpt / "model" if ckpt else policy_path
+    # with model.lora the policy is the base model plus the checkpoint's adapter (no model/ weights)
+    lora = cfg.model.lora is not None
+    weights = ckpt / "model" if ckpt and not lora else policy_path
     tokenizer = build.load_tokenizer(weights)
     train_prompts, data_stats = build.load_prompt_set(cfg, cfg.data.train, tokenizer, base_dir)
     eval_prompts = build.load_prompt_set(cfg, cfg.data.eval, tokenizer, base_dir)[0] if cfg.data.eval else []
     check_prompt_lengths(cfg, weights, train_prompts, eval_prompts)
-    model = build.load_model(weights, cfg)
-    ref_model = build.load_model(cfg.model.ref_path or policy_path, cfg, trainable=False) if cfg.loss.kl.coef > 0 \
-        else None
+    model = build.load_model(weights, cfg, adapter=ckpt / "adapter" if ckpt and lora else None)
+    ref_model = build.load_model(cfg.model.ref_path or policy_path, cfg, trainable=False) \
+        if cfg.loss.kl.coef > 0 and not build.ref_is_base(cfg) else None
     plugins = build.make_plugins(cfg, train_prompts)
     rewards = build.make_reward_runner(cfg, base_dir)
     params = build.sampling_params(cfg)
