@@ -460,12 +460,12 @@ def save_checkpoint(
     keep_last: int,
     accelerator: Any,
     shards: Callable[[Path], None] | None = None,
-    final: bool = False,
+    export: bool = False,
 ) -> Path:
     """Write checkpoint `step` (all processes call this; rank 0 writes the shared files and the manifest).
 
     A LoRA model (lora.is_lora) saves its adapter in `adapter/` instead of the weights in `model/`;
-    with `final` (the run's last step) the merged model goes to `model/` too, so that the last
+    with `export` (the run's last step) the merged model goes to `model/` too, so that the last
     checkpoint's `model/` is the trained model whether or not the run trained adapters.
 
     `shards(folder)`, when given, runs on every process and writes that process's files (a
@@ -532,9 +532,9 @@ def save_checkpoint(
             else:
                 weights = _without_tied_aliases(model_state, unwrapped)
                 unwrapped.save_pretrained(tmp / "model", state_dict=weights, safe_serialization=True)
-            if adapter and final:
+            if adapter and export:
                 lora.save_merged(unwrapped, tmp / "model")
-            if not adapter or final:
+            if not adapter or export:
                 tokenizer.save_pretrained(tmp / "model")
             _save_torch(state, tmp / "state.pt")
             if problem := pickle_problem(tmp / "state.pt", "state.pt"):

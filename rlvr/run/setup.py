@@ -133,7 +133,7 @@ class Run:
         return save_checkpoint(self.dir, step, model=self.learner.model, tokenizer=self.tokenizer, state=state,
                                config_yaml=to_yaml(self.cfg), keep_last=self.cfg.checkpoint.keep_last,
                                accelerator=self.acc, shards=self.learner.save_shards,
-                               final=step == self.cfg.run.steps)
+                               export=step == self.cfg.run.steps)
 
     def sync_weights(self, probe: list[int] | None, version: int) -> dict[str, float]:
         """Push the learner's weights (those after step `version`) into the engine; with a probe

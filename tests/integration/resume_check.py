@@ -58,14 +58,15 @@ def final_checkpoint(run_dir: Path) -> Path:
     return found[-1]
 
 
-def weight_differences(a: Path, b: Path) -> list[str]:
-    """Tensors of the two checkpoints' model/*.safetensors that are not bitwise equal."""
+def weight_differences(a: Path, b: Path, folder: str = "model") -> list[str]:
+    """Tensors of the two checkpoints' <folder>/*.safetensors (model/, or a LoRA run's adapter/) that
+    are not bitwise equal."""
     out = []
-    files = sorted(p.name for p in (a / "model").glob("*.safetensors"))
-    assert files, f"no safetensors in {a / 'model'}"
-    assert files == sorted(p.name for p in (b / "model").glob("*.safetensors")), (a, b)
+    files = sorted(p.name for p in (a / folder).glob("*.safetensors"))
+    assert files, f"no safetensors in {a / folder}"
+    assert files == sorted(p.name for p in (b / folder).glob("*.safetensors")), (a, b)
     for name in files:
-        wa, wb = load_file(a / "model" / name), load_file(b / "model" / name)
+        wa, wb = load_file(a / folder / name), load_file(b / folder / name)
         if set(wa) != set(wb):
             out.append(f"{name}: tensor names differ: {sorted(set(wa) ^ set(wb))}")
         for key in sorted(set(wa) & set(wb)):
@@ -120,8 +121,9 @@ def assert_same_run(straight: Path, resumed: Path, label: str = "") -> None:
     assert not diffs and len(a) == len(b), f"{label}: metrics differ after resume:\n" + "\n".join(diffs)
     ca, cb = final_checkpoint(straight), final_checkpoint(resumed)
     assert ca.name == cb.name, (label, ca, cb)
-    diffs = weight_differences(ca, cb)
-    assert not diffs, f"{label}: final weights ({ca.name}) differ after resume:\n" + "\n".join(diffs)
+    for folder in ["model"] + ["adapter"] * (ca / "adapter").is_dir():
+        diffs = weight_differences(ca, cb, folder)
+        assert not diffs, f"{label}: final {folder} ({ca.name}) differs after resume:\n" + "\n".join(diffs)
     diffs = state_differences(ca, cb)
     assert not diffs, f"{label}: final checkpoint state ({ca.name}) differs after resume:\n" + "\n".join(diffs[:20])
 
