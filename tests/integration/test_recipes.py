@@ -76,6 +76,8 @@ SWITCHED_ON: dict[str, tuple[str, Callable[[list[dict]], bool]]] = {
             lambda rows: [r.get("sampling/gvm_iteration") for r in rows] == [1.0, 2.0]
             and _all("sampling/gvm_samples_max", lambda x: x >= 1)(rows)
             and _all("sampling/gvm_zero_frac", _unit)(rows)),
+    "lora": ("LoRA: KL to the base (the policy with its adapters off) is exactly 0 at step 1, where B = 0, "
+             "and > 0 once the adapters moved", lambda rows: rows[0]["learner/kl"] == 0 and rows[-1]["learner/kl"] > 0),
     "debug/grpo_kl_loss": ("KL in the loss > 0; 2 mini-batches x 2 epochs, so later updates are off-policy "
                            "(ppo_kl != 0; one on-policy update gives exactly 0); dual clip; cosine decay",
                            lambda rows: _all("learner/kl", lambda x: x > 0)(rows)

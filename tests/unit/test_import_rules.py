@@ -65,6 +65,7 @@ KNOWN_EXCEPTIONS: frozenset[tuple[str, str]] = frozenset()
 HEAVY_HOMES: dict[str, tuple[str, ...]] = {
     "vllm": ("rollout/vllm.py", "rollout/transfer.py"),
     "deepspeed": ("learner/",),
+    "peft": ("learner/lora.py",),
     "transformers": ("models/", "rollout/", "learner/", "run/", "config/preflight.py"),
     "accelerate": ("learner/", "rollout/", "run/", "eval/", "loop.py"),
     "torch.distributed": ("learner/", "rollout/", "run/", "eval/", "loop.py"),
