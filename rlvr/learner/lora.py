@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+
 import torch
 
 ADAPTER = "default"  # peft's name for the one adapter rlvr trains
