@@ -263,10 +263,11 @@ def _explain(err: dict[str, Any]) -> str:
     if err["type"] == "extra_forbidden":
         owner = _model_at(err["loc"])
         name = str(err["loc"][-1])
-        hint = difflib.get_close_matches(name, list(owner.model_fields) if owner else [], n=1)
-        if not hint:  # maybe it belongs to another section
-            hint = difflib.get_close_matches(name, _all_keys(), n=1, cutoff=0.8) or [
-                k for k in _all_keys() if k.endswith("." + name)][:1]
+        # a key that exists as it is in another section was most likely put in the wrong one (model.lr
+        # means learner.lr, not model.lora); otherwise the closest key of this section, then of any
+        hint = [k for k in _all_keys() if k.endswith("." + name)][:1] or difflib.get_close_matches(
+            name, list(owner.model_fields) if owner else [], n=1) or difflib.get_close_matches(
+            name, _all_keys(), n=1, cutoff=0.8)
         return f"{key}: unknown key" + (f" (did you mean {hint[0]!r}?)" if hint else "")
     if err["type"] == "missing":
         return f"{key}: required key is missing"
