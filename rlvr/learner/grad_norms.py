@@ -37,14 +37,19 @@ def per_sample_grad_norms(model: torch.nn.Module, unwrapped: torch.nn.Module, ac
                           prompt_ids: list[list[int]], response_ids: list[list[int]], param_match: str,
                           temperature: float, pad_id: int) -> list[float]:
     """Per (prompt, response) pair, the gradient norm of -sum_t log pi(y_t) at `temperature` on the
-    first parameter of `unwrapped` whose name contains `param_match`; `model` is the prepared
+    first trained parameter of `unwrapped` whose name contains `param_match`; `model` is the prepared
     (possibly DDP-wrapped) policy. Gradients are cleared afterwards.
 
     Shapes: one micro-batch [1, S] per pair, log-probs [1, T]; returns N floats for N pairs.
     Example: pairs (x1, y1), (x2, y2) with param_match "embed_tokens" -> [|g1|, |g2|], g_i the
     gradient of pair i's loss on the [V, H] token embedding.
     """
-    param = next((p for n, p in unwrapped.named_parameters() if param_match in n), None)
+    named = [(n, p) for n, p in unwrapped.named_parameters() if param_match in n]
+    param = next((p for _, p in named if p.requires_grad), None)
+    if param is None and named:  # model.lora: the base weights are frozen and get no gradient
+        raise ValueError(f"sampling.allocator.act_params: every parameter whose name contains {param_match!r} is "
+                         "frozen (model.lora trains only the adapters); name a trained one, e.g. 'lora_B' (the "
+                         "gradient on lora_A is zero while B is)")
     if param is None:
         raise ValueError(f"sampling.allocator.act_params: no parameter name contains {param_match!r}")
     norms = []

@@ -176,3 +176,16 @@ def test_sharded_strategies_are_refused(monkeypatch, strategy):
     load_config(RECIPE, ["model.lora.r=4", "learner.strategy=ddp"])
     assert lora.strategy_problem("ddp") is None and lora.strategy_problem("single") is None
     assert "learner.strategy zero2" in lora.strategy_problem("zero2")
+
+
+def test_per_sample_gradient_norms_name_a_trained_parameter(tiny_model_dir, tiny):
+    """GVM's act_params under model.lora: the default embed_tokens is frozen, so it is refused with a
+    hint; lora_B gets the norm of the gradient on the first adapter's B, one float per pair."""
+    _, tok = tiny
+    model = adapted(tiny_model_dir)
+    learner = make_learner(model)
+    prompts, responses = [tok("1+2=").input_ids, tok("7=").input_ids], [[20, 21], [22]]
+    with pytest.raises(ValueError, match="act_params: every parameter whose name contains 'embed_tokens' is frozen"):
+        learner.grad_norms(prompts, responses, "embed_tokens")
+    got = learner.grad_norms(prompts, responses, "lora_B")
+    assert len(got) == 2 and all(g > 0 for g in got) and got[0] != got[1]
