@@ -284,6 +284,26 @@ class EvalConfig(Section):
     max_new_tokens: int | None = Field(None, ge=1, description="default: rollout.max_new_tokens")
 
 
+class WarmupConfig(Section):
+    """`warmup`: supervised steps on demonstrations before the first RL step (a cold start).
+
+    A policy that cannot yet produce what the reward needs (a tiny model and a JSON tool call, a
+    base model and a chat format) gets no signal from RL; a few steps of imitation on worked
+    examples give it one. Each training row's `column` holds its demonstration: a string (one
+    reply) or a list of strings (the model's turns of an episode; the environment answers between
+    them for real, so its tokens are the ones RL will see). Only the model's tokens are trained.
+    Runs once, on a fresh start; a resumed run takes its weights from the checkpoint.
+    """
+
+    steps: int = Field(0, ge=0, description="supervised optimiser steps before RL (0: no warm-up)")
+    column: str = Field("demonstration", min_length=1, description="the data column holding each row's demonstration")
+    max_rows: int | None = Field(None, ge=1, description="demonstrations from the first N training rows only "
+                                 "(the demonstration budget); none: every row")
+    batch_size: int = Field(32, ge=1, description="demonstrations per step, over all processes")
+    lr: float = Field(1e-3, gt=0.0, description="AdamW learning rate of the warm-up (its own optimiser; the RL "
+                      "optimiser starts fresh afterwards)")
+
+
 class CheckpointConfig(Section):
     every: int = Field(100, ge=0, description="steps between checkpoints; 0: only at the end, on a stop signal "
                        "and every_minutes")
@@ -368,6 +388,7 @@ class Config(Section):
                                "between turns (tools, observations); none: one reply per sample")
     loss: LossConfig = Field(default_factory=LossConfig)
     learner: LearnerConfig = Field(default_factory=LearnerConfig)
+    warmup: WarmupConfig = Field(default_factory=WarmupConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)

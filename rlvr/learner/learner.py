@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
+from rlvr.buffer import pack
 from rlvr.learner import grad_norms, shards, weights
 from rlvr.learner.batching import Batcher, BatchingConfig
 from rlvr.learner.distributed import SHARDED, global_sum, strategy_of
@@ -183,6 +184,37 @@ class Learner:
         metrics["learner/lr"] = self.scheduler.get_last_lr()[0]
         metrics.update(self.guard.end_step(step))
         return metrics
+
+    def imitate(self, batch: AdvantageBatch, optimizer: torch.optim.Optimizer) -> dict[str, float]:
+        """One supervised step (the `warmup`), collective: minimise -sum log pi(y_t) over the model
+        tokens of `batch` (response_mask; an environment's tokens are context), divided by those
+        tokens' count over all processes, at temperature 1, with `optimizer` (not the RL one).
+
+        Returns warmup/loss (the mean negative log-likelihood per token) and warmup/grad_norm.
+        """
+        if self.engine is not None:
+            raise ValueError(f"warmup: not available under learner.strategy {self.strategy} (DeepSpeed owns the "
+                             "optimiser); run the warm-up with single, ddp or fsdp2, or train the demonstrations "
+                             "beforehand and point model.path at the result")
+        self.model.train()
+        optimizer.zero_grad(set_to_none=True)
+        rows = torch.arange(len(batch.scored.rollouts))
+        norm = self.batcher._norm(batch, rows)
+        mbs = self.batcher.equalise(pack(batch, rows, norm, self.batcher.cfg.micro_batch_tokens, self.pad_id))
+        nll = 0.0
+        for i, (mb, scale) in enumerate(mbs):
+            last = i == len(mbs) - 1
+            with self._accumulating(last):
+                logp, _ = response_logprobs(self.model, mb, 1.0)
+                loss = -(logp * mb.response_mask.to(logp.device)).sum() / max(norm.tokens, 1.0)
+                self._backward(loss * scale * self.acc.num_processes, last)
+            nll += float(loss.detach()) * scale
+        limit = self.optim.max_grad_norm if self.optim.max_grad_norm is not None else float("inf")
+        grad_norm = float(self.acc.clip_grad_norm_(self.model.parameters(), limit))
+        (total,) = global_sum(self.acc, [nll])
+        if math.isfinite(total) and math.isfinite(grad_norm):  # a non-finite step is dropped, as in `step`
+            optimizer.step()
+        return {"warmup/loss": total, "warmup/grad_norm": grad_norm}
 
     def _micro_loss(self, mb: MicroBatch) -> tuple[torch.Tensor, dict[str, float]]:
         device = self.acc.device
