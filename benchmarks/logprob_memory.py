@@ -124,7 +124,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--tokens", type=int, default=512)
-    ap.add_argument("--chunks", default="1024,512", help="chunk sizes (learner.logprob_chunk_tokens) to compare")
+    ap.add_argument("--chunks", default="1024,512,256", help="chunk sizes (learner.logprob_chunk_tokens) to compare")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--mode", choices=["grad", "nograd"], help=argparse.SUPPRESS)

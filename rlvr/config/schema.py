@@ -264,7 +264,7 @@ class LearnerConfig(Section):
     epochs_per_step: int = Field(1, ge=1, description="passes over the step's samples")
     micro_batch_tokens: int = Field(8192, ge=1, description="token budget of one forward/backward")
     logprob_chunk_tokens: int = Field(
-        1024, ge=0, description="response positions whose logits exist at once when log-probs are taken: the LM "
+        512, ge=0, description="response positions whose logits exist at once when log-probs are taken: the LM "
         "head runs over the final hidden states in chunks of this many positions, each recomputed in the backward, "
         "so no [tokens, vocabulary] float32 logits tensor is built (same values to float32 rounding); 0 = the "
         "model's full logits. Model families whose logits are more than the LM head's output (e.g. logit "

@@ -68,7 +68,7 @@ class Learner:
         rollout_correction: Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]] | None = None,
         max_nonfinite_steps: int = 3,
         old_is_behaviour: bool = False,
-        logprob_chunk_tokens: int = 1024,
+        logprob_chunk_tokens: int = 512,
     ):
         self.acc = accelerator
         self.policy_loss, self.aggregation = policy_loss, aggregation

@@ -7,7 +7,7 @@ Every process builds the same 4-prompt x 3-sample batch from a fixed seed and ke
 the prompts (complete groups), exactly as the training loop does. STRATEGY is a learner.strategy
 (default ddp). With EPOCHS > 1 the step recomputes old log-probs first and adds a KL term to a
 reference model, as the loop does, so every collective path of the learner runs. CHUNK is
-learner.logprob_chunk_tokens (default 1024: one chunk here; 0 = full logits). Rank 0 saves the
+learner.logprob_chunk_tokens (default 512: one chunk here; 0 = full logits). Rank 0 saves the
 global metrics, the gradients (unsharded strategies; they are still in place after a single
 optimiser step) and the updated weights gathered with `full_weights()`, so the caller can
 compare 1 process with 2.
@@ -58,7 +58,7 @@ def local_batch(rank: int, world: int) -> AdvantageBatch:
 
 
 def main(model_dir: str, out: str, aggregation: str = "seq_mean_token_mean", strategy: str = "ddp",
-         epochs: str = "1", chunk: str = "1024") -> None:
+         epochs: str = "1", chunk: str = "512") -> None:
     epochs_per_step = int(epochs)
     kl_coef = 0.1 if epochs_per_step > 1 else 0.0
     # clipping on for the multi-epoch runs (DeepSpeed clips itself: its norm and clip must match ours)

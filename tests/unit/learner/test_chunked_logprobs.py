@@ -197,7 +197,7 @@ def test_learner_step_is_the_same_with_chunked_logprobs(tiny_model_dir):
 def test_config_key_default_and_bad_value():
     base = {"model": {"path": "does/not/matter"}, "data": {"train": {"path": "synthetic:succ"}},
             "reward": {"functions": [{"name": "exact"}]}, "eval": {"at_start": False}}
-    assert validate(base).learner.logprob_chunk_tokens == 1024
+    assert validate(base).learner.logprob_chunk_tokens == 512
     assert validate(apply_overrides(base, ["learner.logprob_chunk_tokens=0"])).learner.logprob_chunk_tokens == 0
     with pytest.raises(ConfigError) as e:
         validate(apply_overrides(base, ["learner.logprob_chunk_tokens=-1"]))
