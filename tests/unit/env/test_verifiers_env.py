@@ -1,0 +1,140 @@
+"""The verifiers adapter: a verifiers MultiTurnEnv and ToolEnv (tests/unit/env/vf_envs.py) played
+by rlvr's episode runner with a scripted engine; turns, inserted messages, masks, rubric rewards."""
+
+import threading
+from pathlib import Path
+
+import pytest
+from test_episodes import ScriptedEngine, prompt
+from transformers import AutoTokenizer
+
+from rlvr.env import format_tool_call, run_episodes
+from rlvr.env.template import TurnTemplate
+from rlvr.env.verifiers_env import Verifiers, VerifiersError, assistant_turn, import_verifiers
+from rlvr.registry import ENV, REWARD
+from rlvr.reward import RewardRunner, RewardSpec, score_rollouts
+from rlvr.rollout import SamplingParams
+from rlvr.types import PromptBatch
+
+pytestmark = pytest.mark.agents
+
+try:
+    import_verifiers()
+except VerifiersError as e:
+    pytest.skip(f"verifiers with the classic API is not installed ({e})", allow_module_level=True)
+
+ENVS = Path(__file__).parent / "vf_envs.py"
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_model_dir):
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def play(tok, env, script, *, question="Guess my number (1-10).", answer="7", max_turns=5, max_tokens=400):
+    """The scripted episodes (one per uid of `script`) of `env`, all on the same dataset row."""
+    engine = ScriptedEngine(tok, script)
+    batch = PromptBatch([prompt(tok, uid, question) for uid in script], [1] * len(script))
+    for p in batch.prompts:
+        p.row.update({"prompt": question, "answer": answer})
+    return run_episodes(engine, batch, SamplingParams(max_new_tokens=64, stop=["</tool_call>"]), env, tok,
+                        max_turns=max_turns, max_tokens=max_tokens)
+
+
+def test_the_registry_names_the_adapter_and_the_env_reward():
+    assert ENV.get("verifiers") is Verifiers
+    assert "env" in REWARD.names()
+
+
+def test_a_guessing_game_is_played_turn_by_turn_and_scored_by_its_rubric(tok):
+    env = Verifiers(f"{ENVS}:load_guess", {"max_turns": 5, "penalty": 0.1})
+    ro, metrics = play(tok, env, {"a": ["3<|im_end|>", "9<|im_end|>", "7<|im_end|>"], "b": ["5<|im_end|>"] * 5})
+    # a: 3 -> higher, 9 -> lower, 7 -> found (final_env_response ends it); b: never right, 5 turns
+    assert [e["turns"] for e in ro.episodes] == [3, 5]
+    assert [e["end"] for e in ro.episodes] == ["has_final_env_response", "max_turns_reached"]
+    assert ro.episodes[0]["metrics"] == {"found": 1.0, "guesses": 3.0, "num_turns": 3.0}
+    assert ro.episodes[0]["reward"] == pytest.approx(1.0 - 0.1 * 3)
+    assert ro.episodes[1]["reward"] == pytest.approx(0.0 - 0.1 * 5)
+    # the inserted messages are verifiers' replies, rendered by the chat template, context only
+    hint = TurnTemplate(tok).between([{"role": "user", "content": "higher"}], closed=True)
+    ids = tok.encode("3<|im_end|>", add_special_tokens=False)
+    env_ids = tok.encode(hint, add_special_tokens=False)
+    assert ro.response_ids[0, : len(ids) + len(env_ids)].tolist() == ids + env_ids
+    assert ro.response_mask[0, : len(ids) + len(env_ids)].tolist() == [1.0] * len(ids) + [0.0] * len(env_ids)
+    assert "higher" in ro.contexts[0] and "lower" in ro.contexts[0] and ro.texts[0] == "7"
+    assert metrics["env/turns_mean"] == 4.0 and metrics["env/end/max_turns_reached"] == 0.5
+
+
+def test_the_env_reward_reads_the_rubric_score_with_its_metrics(tok):
+    env = Verifiers(f"{ENVS}:load_guess", {"penalty": 0.5})
+    ro, _ = play(tok, env, {"a": ["6<|im_end|>", "7<|im_end|>"], "b": ["7<|im_end|>"]})
+    with RewardRunner([RewardSpec(name="env")]) as runner:
+        scored = score_rollouts(runner, ro)
+    assert scored.rewards.tolist() == pytest.approx([1.0 - 0.5 * 2, 1.0 - 0.5 * 1])
+    assert scored.metrics["reward/env/guesses"] == pytest.approx(1.5)
+
+
+def test_an_episode_rlvr_ends_first_is_truncated_inside_verifiers_and_still_scored(tok):
+    env = Verifiers(f"{ENVS}:load_guess", {"max_turns": 10})
+    ro, _ = play(tok, env, {"a": ["1<|im_end|>", "2<|im_end|>"]}, max_turns=2)
+    assert ro.episodes[0]["end"] == "max_turns" and ro.episodes[0]["stop_condition"] == "prompt_too_long"
+    assert ro.episodes[0]["metrics"]["guesses"] == 2.0 and ro.episodes[0]["reward"] == 0.0
+
+
+def test_tool_calls_are_bridged_to_openai_style_and_results_come_back_as_tool_messages(tok):
+    env = Verifiers(f"{ENVS}:load_tools")
+    call = format_tool_call("multiply", {"a": 12, "b": 7})
+    bad = "<tool_call>{\"name\": multiply}</tool_call>"
+    script = {"a": [call, "84<|im_end|>"], "b": [bad, "85<|im_end|>"]}
+    ro, metrics = play(tok, env, script, question="12*7?", answer="84")
+    assert [e["turns"] for e in ro.episodes] == [2, 2]
+    assert [e["end"] for e in ro.episodes] == ["no_tools_called"] * 2
+    assert ro.episodes[0]["tool_calls"] == {"multiply": 1} and ro.episodes[1]["tool_errors"] == 1
+    assert "84" in ro.contexts[0].split("</tool_call>")[1]  # the tool's result, inserted as a tool message
+    inserted = TurnTemplate(tok).between([{"role": "tool", "content": "84"}])
+    first = tok.encode(call, add_special_tokens=False)
+    n = len(first) + len(tok.encode(inserted, add_special_tokens=False))
+    assert tok.decode(ro.response_ids[0, len(first):n].tolist()) == inserted
+    assert ro.env_mask[0, len(first):n].sum().item() == n - len(first)
+    assert [e["reward"] for e in ro.episodes] == [1.0, 0.0]
+    assert ro.episodes[0]["metrics"]["multiply_calls"] == 1.0
+    assert metrics["env/tool_calls/multiply"] == 0.5
+
+
+def test_assistant_turn_splits_content_and_calls():
+    content, calls, bad = assistant_turn('Let me.<tool_call>{"name": "m", "arguments": {"a": 1}}</tool_call>')
+    assert (content, calls, bad) == ("Let me.", [{"id": "call_0", "name": "m", "arguments": '{"a": 1}'}], 0)
+    assert assistant_turn("just 7") == ("just 7", [], 0)
+
+
+def test_the_adapter_works_when_called_from_a_thread_with_its_own_running_loop(tok):
+    import asyncio
+
+    env = Verifiers(f"{ENVS}:load_guess")
+    out = {}
+
+    async def inside_a_loop():  # e.g. a notebook, or a server thread: no nested-loop error
+        out["ro"] = play(tok, env, {"a": ["7<|im_end|>"]})[0]
+
+    t = threading.Thread(target=lambda: asyncio.run(inside_a_loop()))
+    t.start()
+    t.join(60)
+    assert out["ro"].episodes[0]["reward"] == 1.0
+
+
+def test_bad_references_fail_with_a_message_naming_them(tmp_path):
+    with pytest.raises(VerifiersError, match="cannot load verifiers environment 'no-such-env'"):
+        Verifiers("no-such-env")
+    (tmp_path / "notenv.py").write_text("def load_environment():\n    return 42\n")
+    with pytest.raises(VerifiersError, match="gave int, not a verifiers MultiTurnEnv"):
+        Verifiers(f"{tmp_path / 'notenv.py'}:load_environment")
+
+
+def test_the_env_reward_without_an_episode_reward_says_what_is_missing():
+    from rlvr.reward.builtins import env_reward
+
+    with pytest.raises(ValueError, match="needs an `env:` section"):
+        env_reward("p", "c", {"answer": "1"})
+    with pytest.raises(ValueError, match="gave this episode no reward"):
+        env_reward("p", "c", {"episode": {"turns": 1}})
+    assert env_reward("p", "c", {"episode": {"reward": 0.5, "metrics": {"x": 1, "s": "no"}}}) == (0.5, {"x": 1.0})
