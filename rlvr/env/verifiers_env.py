@@ -43,7 +43,7 @@ import asyncio
 import json
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from pydantic import Field
@@ -96,13 +96,11 @@ class Episode:
     """One episode's rendezvous with its verifiers rollout (lives on the adapter's loop)."""
 
     asks: asyncio.Queue  # (prompt messages, future of the model's text) each time the rollout asks
-    task: asyncio.Task | None = None  # the rollout, then the rubric
+    task: asyncio.Task | None = None  # verifiers' rollout (the rubric scores it in `finish`)
     pending: asyncio.Future | None = None  # the ask waiting for the model's next turn
     seen: int = 0  # messages of the conversation rlvr already has (the prompt, then every turn)
     end: str = ""  # the verifiers stop condition, once the rollout returned
     state: Any = None  # verifiers' State, once the rollout returned
-    tool_errors: int = 0
-    calls: dict[str, int] = field(default_factory=dict)
 
 
 def text_of(content: Any) -> str:
@@ -278,9 +276,10 @@ class Verifiers:
         if ep.pending is None:  # the rollout returned before asking (setup ended it)
             return Reply.end(ep.end or "env")
         _, calls, bad = assistant_turn(turn)
+        tools = getattr(self.env, "tool_map", {})  # by tool, as ToolEnvironment counts: unknown names are errors
         counts: dict[str, int] = {}
         for c in calls:
-            if c["name"]:
+            if c["name"] in tools:
                 counts[c["name"]] = counts.get(c["name"], 0) + 1
         ep.pending.set_result(turn)
         t0 = time.perf_counter()

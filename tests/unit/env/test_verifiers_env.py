@@ -128,13 +128,3 @@ def test_bad_references_fail_with_a_message_naming_them(tmp_path):
     (tmp_path / "notenv.py").write_text("def load_environment():\n    return 42\n")
     with pytest.raises(VerifiersError, match="gave int, not a verifiers MultiTurnEnv"):
         Verifiers(f"{tmp_path / 'notenv.py'}:load_environment")
-
-
-def test_the_env_reward_without_an_episode_reward_says_what_is_missing():
-    from rlvr.reward.builtins import env_reward
-
-    with pytest.raises(ValueError, match="needs an `env:` section"):
-        env_reward("p", "c", {"answer": "1"})
-    with pytest.raises(ValueError, match="gave this episode no reward"):
-        env_reward("p", "c", {"episode": {"turns": 1}})
-    assert env_reward("p", "c", {"episode": {"reward": 0.5, "metrics": {"x": 1, "s": "no"}}}) == (0.5, {"x": 1.0})
