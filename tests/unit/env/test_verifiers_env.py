@@ -1,6 +1,7 @@
 """The verifiers adapter: a verifiers MultiTurnEnv and ToolEnv (tests/unit/env/vf_envs.py) played
 by rlvr's episode runner with a scripted engine; turns, inserted messages, masks, rubric rewards."""
 
+import sys
 import threading
 from pathlib import Path
 
@@ -16,12 +17,14 @@ from rlvr.reward import RewardRunner, RewardSpec, score_rollouts
 from rlvr.rollout import SamplingParams
 from rlvr.types import PromptBatch
 
-pytestmark = pytest.mark.agents
-
 try:
     import_verifiers()
+    MISSING = ""
 except VerifiersError as e:
-    pytest.skip(f"verifiers with the classic API is not installed ({e})", allow_module_level=True)
+    MISSING = str(e)
+
+pytestmark = pytest.mark.agents
+needs_verifiers = pytest.mark.skipif(bool(MISSING), reason=f"verifiers with the classic API: {MISSING}")
 
 ENVS = Path(__file__).parent / "vf_envs.py"
 
@@ -46,6 +49,7 @@ def test_the_registry_names_the_adapter_and_the_env_reward():
     assert "env" in REWARD.names()
 
 
+@needs_verifiers
 def test_a_guessing_game_is_played_turn_by_turn_and_scored_by_its_rubric(tok):
     env = Verifiers(f"{ENVS}:load_guess", {"max_turns": 5, "penalty": 0.1})
     ro, metrics = play(tok, env, {"a": ["3<|im_end|>", "9<|im_end|>", "7<|im_end|>"], "b": ["5<|im_end|>"] * 5})
@@ -65,6 +69,7 @@ def test_a_guessing_game_is_played_turn_by_turn_and_scored_by_its_rubric(tok):
     assert metrics["env/turns_mean"] == 4.0 and metrics["env/end/max_turns_reached"] == 0.5
 
 
+@needs_verifiers
 def test_the_env_reward_reads_the_rubric_score_with_its_metrics(tok):
     env = Verifiers(f"{ENVS}:load_guess", {"penalty": 0.5})
     ro, _ = play(tok, env, {"a": ["6<|im_end|>", "7<|im_end|>"], "b": ["7<|im_end|>"]})
@@ -74,6 +79,7 @@ def test_the_env_reward_reads_the_rubric_score_with_its_metrics(tok):
     assert scored.metrics["reward/env/guesses"] == pytest.approx(1.5)
 
 
+@needs_verifiers
 def test_an_episode_rlvr_ends_first_is_truncated_inside_verifiers_and_still_scored(tok):
     env = Verifiers(f"{ENVS}:load_guess", {"max_turns": 10})
     ro, _ = play(tok, env, {"a": ["1<|im_end|>", "2<|im_end|>"]}, max_turns=2)
@@ -81,6 +87,7 @@ def test_an_episode_rlvr_ends_first_is_truncated_inside_verifiers_and_still_scor
     assert ro.episodes[0]["metrics"]["guesses"] == 2.0 and ro.episodes[0]["reward"] == 0.0
 
 
+@needs_verifiers
 def test_tool_calls_are_bridged_to_openai_style_and_results_come_back_as_tool_messages(tok):
     env = Verifiers(f"{ENVS}:load_tools")
     call = format_tool_call("multiply", {"a": 12, "b": 7})
@@ -107,6 +114,7 @@ def test_assistant_turn_splits_content_and_calls():
     assert assistant_turn("just 7") == ("just 7", [], 0)
 
 
+@needs_verifiers
 def test_the_adapter_works_when_called_from_a_thread_with_its_own_running_loop(tok):
     import asyncio
 
@@ -122,9 +130,70 @@ def test_the_adapter_works_when_called_from_a_thread_with_its_own_running_loop(t
     assert out["ro"].episodes[0]["reward"] == 1.0
 
 
+@needs_verifiers
 def test_bad_references_fail_with_a_message_naming_them(tmp_path):
     with pytest.raises(VerifiersError, match="cannot load verifiers environment 'no-such-env'"):
         Verifiers("no-such-env")
     (tmp_path / "notenv.py").write_text("def load_environment():\n    return 42\n")
     with pytest.raises(VerifiersError, match="gave int, not a verifiers MultiTurnEnv"):
         Verifiers(f"{tmp_path / 'notenv.py'}:load_environment")
+
+
+@needs_verifiers
+def test_an_env_response_that_hangs_ends_the_episode_and_one_that_raises_is_a_loud_error(tok, tmp_path):
+    (tmp_path / "bad_envs.py").write_text(BAD_ENVS)
+    env = Verifiers(f"{tmp_path / 'bad_envs.py'}:load_environment", {"mode": "hang"}, timeout_s=0.5)
+    ro, metrics = play(tok, env, {"a": ["1<|im_end|>", "2<|im_end|>"]})
+    assert ro.episodes[0]["end"] == "env_timeout" and ro.episodes[0]["turns"] == 1
+    assert ro.episodes[0]["reward"] == 0.0 and metrics["env/end/env_timeout"] == 1.0
+    env = Verifiers(f"{tmp_path / 'bad_envs.py'}:load_environment", {"mode": "raise"})
+    with pytest.raises(VerifiersError, match="the environment's rollout raised RuntimeError: the env broke"):
+        play(tok, env, {"a": ["1<|im_end|>", "2<|im_end|>"]})
+
+
+BAD_ENVS = """
+import asyncio
+
+import verifiers as vf
+from datasets import Dataset
+
+
+class Bad(vf.MultiTurnEnv):
+    def __init__(self, mode, **kwargs):
+        super().__init__(**kwargs)
+        self.mode = mode
+
+    async def env_response(self, messages, state, **kwargs):
+        if self.mode == "hang":
+            await asyncio.sleep(3600)
+        raise RuntimeError("the env broke")
+
+
+def load_environment(mode):
+    return Bad(mode, dataset=Dataset.from_list([{"question": "q", "answer": "a"}]),
+               rubric=vf.Rubric(funcs=[lambda completion, **kw: 1.0]))
+"""
+
+
+def test_without_verifiers_or_with_a_too_new_one_the_error_says_what_to_install(monkeypatch):
+    import types
+
+    monkeypatch.setitem(sys.modules, "verifiers", None)  # `import verifiers` raises ImportError
+    with pytest.raises(VerifiersError, match=r"pip install 'rlvr\[verifiers\]' \(verifiers>=0.2,<0.4"):
+        import_verifiers()
+    v1_only = types.ModuleType("verifiers")
+    v1_only.__version__ = "0.4.0"
+    monkeypatch.setitem(sys.modules, "verifiers", v1_only)
+    with pytest.raises(VerifiersError, match="supports verifiers>=0.2,<0.4 .*the installed verifiers 0.4.0 has no"):
+        import_verifiers()
+
+
+def test_a_recipe_with_a_verifiers_env_validates_and_a_misspelt_key_is_named(tmp_path):
+    from rlvr.config import ConfigError, load_config
+
+    recipe = Path(__file__).resolve().parents[3] / "recipes" / "agents" / "calculator.yaml"
+    env = "env={name: verifiers, environment: 'my_env.py:load_environment', args: {max_turns: 2}}"
+    cfg = load_config(recipe, [env, "reward.functions=[{name: env}]"])
+    assert cfg.env.name == "verifiers" and cfg.env.kwargs["args"] == {"max_turns": 2}
+    with pytest.raises(ConfigError, match="env.enviroment"):
+        load_config(recipe, ["env={name: verifiers, enviroment: 'x.py:f'}"])
