@@ -23,8 +23,9 @@ turn itself, batched across episodes, token-exact (rlvr/env/episodes.py), and ve
 turns as chat messages. When the rollout asks again, the messages it added since the model's
 turn (tool results, feedback) are the Reply; when it returns instead, the episode ends for its
 stop condition (`no_tools_called`, `max_turns_reached`, `has_final_env_response`, ...).
-After the batch, `finish` scores each episode with the environment's rubric (`score_rollout`)
-and returns {"reward", "metrics"}, which the `env` reward reads.
+After the batch, `finish` scores the episodes with the environment's rubric, the episodes of one
+dataset row together (`score_group`, so group reward functions work), and returns
+{"reward", "metrics"} per episode, which the `env` reward reads.
 
 Tool calls: the model writes `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`
 (rlvr/env/tool_calls.py); the adapter turns each block into an OpenAI-style tool call on the
@@ -101,6 +102,7 @@ class Episode:
     seen: int = 0  # messages of the conversation rlvr already has (the prompt, then every turn)
     end: str = ""  # the verifiers stop condition, once the rollout returned
     state: Any = None  # verifiers' State, once the rollout returned
+    group: int = 0  # episodes of one dataset row (a group of rlvr's) share it: the rubric scores them together
 
 
 def text_of(content: Any) -> str:
@@ -152,10 +154,6 @@ class Verifiers:
         if not isinstance(self.env, self.vf.MultiTurnEnv):
             raise VerifiersError(f"env.environment: {environment!r} gave {type(self.env).__name__}, not a verifiers "
                                  "MultiTurnEnv (SingleTurnEnv, ToolEnv and their subclasses are)")
-        group_funcs = [f.__name__ for f in self.env.rubric.funcs if self.env.rubric._is_group_func(f)]
-        if group_funcs:
-            raise VerifiersError(f"env.environment: the rubric's group reward functions ({', '.join(group_funcs)}) "
-                                 "are not supported; rlvr scores each episode on its own")
         self.answer_field = answer_field
         self.timeout_s = timeout_s
         self.loop = _Loop()
@@ -230,13 +228,13 @@ class Verifiers:
     def start(self, row: dict[str, Any]) -> Episode:
         """Starts verifiers' rollout of the row; returns once it asks for the first model turn."""
         try:
-            return self.loop.run(self._start(self._input(row)), self.timeout_s)
+            return self.loop.run(self._start(self._input(row), id(row)), self.timeout_s)
         except TimeoutError:
             raise VerifiersError(f"env verifiers ({self.ref}): the rollout did not ask for a first model turn "
                                  f"within env.timeout_s = {self.timeout_s:g} s (its setup_state hangs?)") from None
 
-    async def _start(self, rollout_input: dict[str, Any]) -> Episode:
-        ep = Episode(asyncio.Queue())
+    async def _start(self, rollout_input: dict[str, Any], group: int) -> Episode:
+        ep = Episode(asyncio.Queue(), group=group)
         ep.task = asyncio.ensure_future(self._play(ep, rollout_input))
         ask = await self._next_ask(ep)
         if ask is not None:
@@ -297,7 +295,9 @@ class Verifiers:
             await asyncio.gather(ep.task, return_exceptions=True)
 
     def finish(self, states: list[Episode], ends: list[str]) -> list[dict[str, Any]]:
-        """Ends the rollouts rlvr stopped first, then scores every episode with the rubric, together."""
+        """Ends the rollouts rlvr stopped first, then scores the episodes with the rubric, a group
+        (the episodes of one row) at a time as verifiers' trainers do (`score_group`: group reward
+        functions see the whole group), all groups concurrently."""
         return self.loop.run(self._finish(states), self.timeout_s * max(len(states), 1))
 
     async def _finish(self, episodes: list[Episode]) -> list[dict[str, Any]]:
@@ -305,15 +305,19 @@ class Verifiers:
             if ep.pending is not None and not ep.pending.done():  # rlvr ended it (turns or tokens)
                 ep.pending.set_exception(self.vf.OverlongPromptError("the trainer ended the episode"))
         await asyncio.gather(*(ep.task for ep in episodes if ep.task is not None), return_exceptions=True)
-        return list(await asyncio.gather(*(self._score(ep) for ep in episodes)))
+        groups: dict[int, list[Any]] = {}
+        for ep in episodes:
+            if ep.state is not None:  # not cancelled (env_timeout)
+                groups.setdefault(ep.group, []).append(ep.state)
+        await asyncio.gather(*(self._score(states) for states in groups.values()))
+        return [{"reward": 0.0, "metrics": {}, "stop_condition": ep.end or "env_timeout"} if ep.state is None else
+                {"reward": ep.state.get("reward"), "metrics": dict(ep.state.get("metrics") or {}),
+                 "stop_condition": ep.end} for ep in episodes]
 
-    async def _score(self, ep: Episode) -> dict[str, Any]:
-        if ep.state is None:  # cancelled (env_timeout) or raised: nothing to score
-            return {"reward": 0.0, "metrics": {}, "stop_condition": ep.end or "env_timeout"}
+    async def _score(self, states: list[Any]) -> None:
         if self.env.score_rollouts:
-            await self.env.rubric.score_rollout(ep.state)
+            await self.env.rubric.score_group(states)
         else:
-            await self.env.rubric.dummy_score_rollout(ep.state)
-        await self.env.rubric.cleanup(ep.state)
-        return {"reward": ep.state.get("reward"), "metrics": dict(ep.state.get("metrics") or {}),
-                "stop_condition": ep.end}
+            await self.env.rubric.dummy_score_group(states)
+        for state in states:
+            await self.env.rubric.cleanup(state)

@@ -88,6 +88,23 @@ def test_an_episode_rlvr_ends_first_is_truncated_inside_verifiers_and_still_scor
 
 
 @needs_verifiers
+def test_the_episodes_of_one_row_are_scored_as_a_group(tok):
+    """Group reward functions see the episodes of one row together; another row is its own group."""
+    env = Verifiers(f"{ENVS}:load_guess_group")
+    row, other = {"prompt": "Guess my number (1-10).", "answer": "7"}, {"prompt": "Guess again.", "answer": "7"}
+    episodes = [env.start(row), env.start(row), env.start(other)]
+    turns = [["7"], ["5", "7"], ["2", "3", "7"]]
+    for ep, guesses in zip(episodes, turns):
+        for g in guesses:
+            reply = env.respond(ep, g)
+        assert reply.done and reply.reason == "has_final_env_response"
+    records = env.finish(episodes, ["has_final_env_response"] * 3)
+    # row: 1 and 2 guesses -> only the first has the fewest; other: alone in its group, so fewest
+    assert [r["metrics"]["fewest_guesses"] for r in records] == [1.0, 0.0, 1.0]
+    assert [r["reward"] for r in records] == [1.5, 1.0, 1.5]
+
+
+@needs_verifiers
 def test_tool_calls_are_bridged_to_openai_style_and_results_come_back_as_tool_messages(tok):
     env = Verifiers(f"{ENVS}:load_tools")
     call = format_tool_call("multiply", {"a": 12, "b": 7})

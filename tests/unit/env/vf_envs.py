@@ -55,3 +55,14 @@ def load_tools(max_turns: int = 4):
     return vf.ToolEnv(dataset=Dataset.from_list([{"question": "12*7?", "answer": "84"}]), tools=[multiply],
                       rubric=vf.Rubric(funcs=[final_answer]), max_turns=max_turns,
                       system_prompt="Use the multiply tool.")
+
+
+def fewest_guesses(completions, **kwargs) -> list[float]:
+    """A group reward function: 1.0 for the episodes of the group with the fewest guesses."""
+    counts = [sum(m.role == "assistant" for m in c) for c in completions]
+    return [float(n == min(counts)) for n in counts]
+
+
+def load_guess_group():
+    rubric = vf.Rubric(funcs=[found, fewest_guesses], weights=[1.0, 0.5])
+    return GuessEnv(dataset=Dataset.from_list(ROWS), rubric=rubric, max_turns=5)
