@@ -45,6 +45,7 @@ import json
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import Field
@@ -147,10 +148,10 @@ class Verifiers:
     """A verifiers environment (see the module docstring); constructed once per run."""
 
     def __init__(self, environment: str, args: dict[str, Any] | None = None, answer_field: str = "answer",
-                 timeout_s: Annotated[float, Field(gt=0)] = 120.0):
+                 timeout_s: Annotated[float, Field(gt=0)] = 120.0, base_dir: Path | None = None):
         self.vf = import_verifiers()
         self.ref = environment
-        self.env = self._load(environment, dict(args or {}))
+        self.env = self._load(environment, dict(args or {}), base_dir)
         if not isinstance(self.env, self.vf.MultiTurnEnv):
             raise VerifiersError(f"env.environment: {environment!r} gave {type(self.env).__name__}, not a verifiers "
                                  "MultiTurnEnv (SingleTurnEnv, ToolEnv and their subclasses are)")
@@ -159,9 +160,9 @@ class Verifiers:
         self.loop = _Loop()
         self.client_class = self._client_class()
 
-    def _load(self, ref: str, args: dict[str, Any]) -> Any:
+    def _load(self, ref: str, args: dict[str, Any], base_dir: Path | None) -> Any:
         if ":" in ref:  # my_env.py:load_environment, pkg.mod:load_environment, or an environment object
-            obj = load_object(ref)
+            obj = load_object(ref, base_dir)  # a relative file: the current folder, then the recipe's
             return obj(**args) if callable(obj) and not isinstance(obj, self.vf.Environment) else obj
         try:  # an installed environment id, as `vf-eval <id>` takes it
             return self.vf.load_environment(ref, **args)

@@ -148,6 +148,12 @@ def test_the_adapter_works_when_called_from_a_thread_with_its_own_running_loop(t
 
 
 @needs_verifiers
+def test_a_relative_file_is_found_next_to_the_recipe():
+    env = Verifiers("vf_envs.py:load_guess", {"max_turns": 3}, base_dir=ENVS.parent)  # not in the current folder
+    assert type(env.env).__name__ == "GuessEnv" and env.env.max_turns == 3
+
+
+@needs_verifiers
 def test_bad_references_fail_with_a_message_naming_them(tmp_path):
     with pytest.raises(VerifiersError, match="cannot load verifiers environment 'no-such-env'"):
         Verifiers("no-such-env")
