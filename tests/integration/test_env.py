@@ -123,7 +123,8 @@ def load_environment(max_turns: int = 2, scale: float = 0.5):
 '''
 
 
-def test_a_verifiers_environment_trains_with_its_rubric_as_the_reward(tmp_path, models_dir):
+@pytest.mark.parametrize("mode", ["colocated", "disaggregated"])  # disaggregated: a producer thread plays them
+def test_a_verifiers_environment_trains_with_its_rubric_as_the_reward(tmp_path, models_dir, mode):
     from rlvr.env.verifiers_env import VerifiersError, import_verifiers
 
     try:
@@ -133,7 +134,7 @@ def test_a_verifiers_environment_trains_with_its_rubric_as_the_reward(tmp_path, 
     env_file = tmp_path / "vf_env.py"
     env_file.write_text(VERIFIERS_ENV)
     args = [*SMALL, f"env={{name: verifiers, environment: '{env_file}:load_environment', args: {{max_turns: 2}}}}",
-            "reward.functions=[{name: env}]", "rollout.max_episode_tokens=100", "eval.every=0"]
+            "reward.functions=[{name: env}]", "rollout.max_episode_tokens=100", "eval.every=0", f"rollout.mode={mode}"]
     run_dir = run_recipe(RECIPE, tmp_path / "run", models_dir, "run.steps=2", *args)
     train = [r for r in rows(run_dir) if "env/turns_mean" in r]
     assert [r["step"] for r in train] == [1, 2]
