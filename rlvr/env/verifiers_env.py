@@ -3,10 +3,11 @@
 verifiers (PyPI, Prime Intellect) environments of the classic API, the one the Environments Hub's
 environments are written in: `vf.MultiTurnEnv` subclasses with `env_response(messages, state)`
 and `@vf.stop` conditions, `vf.ToolEnv` with Python functions as tools, `vf.SingleTurnEnv`,
-scored by a `vf.Rubric`. That API is verifiers 0.2.x and 0.3.x (in 0.3 it lives in
-`verifiers.legacy` and answers at the old names); 0.4.0 dropped it for the `verifiers.v1` stack
-(tasksets, harness programs that call an intercepted OpenAI endpoint), which this adapter does
-not drive.
+scored by a `vf.Rubric`. That API is verifiers 0.1.10 to 0.3.x (tested: 0.1.10, 0.1.12, 0.1.14,
+0.2.1, 0.3.1; in 0.3 it lives in `verifiers.legacy` and answers at the old names; before 0.1.12
+the rollout's client is an AsyncOpenAI, from 0.1.12 a `vf.Client`: both are bridged). 0.4.0
+dropped it for the `verifiers.v1` stack (tasksets, harness programs that call an intercepted
+OpenAI endpoint), which this adapter does not drive.
 
     env:
       name: verifiers
@@ -42,8 +43,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 import time
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -55,7 +59,8 @@ from rlvr.env.tool_calls import OPEN, BadToolCall, parse_tool_calls
 from rlvr.errors import RlvrError
 from rlvr.registry import ENV, load_object
 
-SUPPORTED = "verifiers>=0.2,<0.4 (the classic MultiTurnEnv / ToolEnv / Rubric API)"
+SUPPORTED = "verifiers>=0.1.10,<0.4 (the classic MultiTurnEnv / ToolEnv / Rubric API)"
+OLDEST, TOO_NEW = (0, 1, 10), (0, 4)
 
 
 class VerifiersError(RlvrError, RuntimeError):
@@ -71,11 +76,15 @@ def import_verifiers() -> Any:
     except ImportError as e:
         raise VerifiersError(f"env verifiers needs the verifiers package: pip install 'rlvr[verifiers]' "
                              f"({SUPPORTED}); importing it failed: {e}") from e
+    version = str(getattr(vf, "__version__", "0"))
+    release = tuple(int(x) for x in re.findall(r"\d+", version.split("+")[0])[:3])
+    if not OLDEST <= release < TOO_NEW:
+        raise VerifiersError(f"env verifiers supports {SUPPORTED}; the installed verifiers is {version}"
+                             + (" (0.4 replaced that API by verifiers.v1)" if release >= TOO_NEW else ""))
     try:
-        vf.MultiTurnEnv, vf.Client  # noqa: B018 -- the classic API loads on first touch
+        vf.MultiTurnEnv  # noqa: B018 -- the classic API loads on first touch
     except AttributeError as e:
-        raise VerifiersError(f"env verifiers supports {SUPPORTED}; the installed verifiers "
-                             f"{getattr(vf, '__version__', '?')} has no vf.MultiTurnEnv ({e})") from e
+        raise VerifiersError(f"env verifiers supports {SUPPORTED}; verifiers {version} has no MultiTurnEnv ({e})") from e
     return vf
 
 
@@ -104,6 +113,43 @@ class Episode:
     end: str = ""  # the verifiers stop condition, once the rollout returned
     state: Any = None  # verifiers' State, once the rollout returned
     group: int = 0  # episodes of one dataset row (a group of rlvr's) share it: the rubric scores them together
+
+    async def turn(self, prompt: Any) -> str:
+        """The rollout's ask: waits for rlvr's turn (`respond` sets it; an exception when rlvr ended
+        the episode) and returns its text."""
+        future = asyncio.get_running_loop().create_future()
+        await self.asks.put((list(prompt), future))
+        return await future
+
+
+class OpenAIShaped:
+    """The client of verifiers before 0.1.12, which calls `client.chat.completions.create(...)` of
+    openai's AsyncOpenAI: answers with rlvr's turn as a ChatCompletion."""
+
+    def __init__(self, episode: Episode):
+        self.chat = self.completions = self
+        self.episode = episode
+
+    async def create(self, *, model: str, messages: Any, **kwargs: Any) -> Any:
+        from openai.types.chat import ChatCompletion
+
+        try:
+            text = await self.episode.turn(messages)
+        except Exception as e:  # rlvr ended the episode: say it the way verifiers reads an overlong prompt
+            import httpx
+            from openai import BadRequestError
+
+            why = "maximum context length is reached: the trainer ended the episode"
+            response = httpx.Response(400, text=why, request=httpx.Request("POST", "http://rlvr/chat/completions"))
+            raise BadRequestError(why, response=response, body=None) from e
+        content, calls, _ = assistant_turn(text)
+        tool_calls = [{"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
+                      for c in calls]
+        return ChatCompletion.model_validate({
+            "id": f"rlvr-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
+            "model": model, "choices": [{
+                "index": 0, "finish_reason": "tool_calls" if calls else "stop",
+                "message": {"role": "assistant", "content": content, "tool_calls": tool_calls or None}}]})
 
 
 def text_of(content: Any) -> str:
@@ -170,8 +216,12 @@ class Verifiers:
             raise VerifiersError(f"env.environment: cannot load verifiers environment {ref!r}: "
                                  f"{type(e).__name__}: {e}") from e
 
-    def _client_class(self) -> type:
+    def _client_class(self) -> Callable[[Episode], Any]:
+        """What the rollout takes as its client, built per episode: a `vf.Client` (verifiers 0.1.12
+        and later), or before that an object shaped like openai's AsyncOpenAI."""
         vf = self.vf
+        if getattr(vf, "Client", None) is None:
+            return OpenAIShaped
 
         class TurnClient(vf.Client):
             """Not a model: each response is the turn rlvr generated (see the module docstring)."""
@@ -185,14 +235,12 @@ class Verifiers:
 
             async def get_response(self, prompt: Any, model: str, sampling_args: Any, tools: Any = None,
                                    **kwargs: Any) -> Any:
-                future = asyncio.get_running_loop().create_future()
-                await self.episode.asks.put((list(prompt), future))
-                text = await future  # set by `respond`; an exception when rlvr ended the episode
-                content, calls, _ = assistant_turn(text)
+                content, calls, _ = assistant_turn(await self.episode.turn(prompt))
                 message = vf.ResponseMessage(
                     content=content, finish_reason="tool_calls" if calls else "stop", is_truncated=False,
                     tool_calls=[vf.ToolCall(**c) for c in calls] or None)
-                return vf.Response(id=f"rlvr-{id(future)}", created=int(time.time()), model=model, message=message)
+                return vf.Response(id=f"rlvr-{uuid.uuid4().hex}", created=int(time.time()), model=model,
+                                   message=message)
 
             # the native-format hooks of a real client; get_response above never calls them
             async def to_native_tool(self, tool: Any) -> Any:
@@ -320,5 +368,6 @@ class Verifiers:
             await self.env.rubric.score_group(states)
         else:
             await self.env.rubric.dummy_score_group(states)
-        for state in states:
-            await self.env.rubric.cleanup(state)
+        cleanup = getattr(self.env.rubric, "cleanup", None)  # verifiers 0.1.12 and later
+        for state in states if cleanup is not None else []:
+            await cleanup(state)

@@ -198,16 +198,22 @@ def load_environment(mode):
 """
 
 
-def test_without_verifiers_or_with_a_too_new_one_the_error_says_what_to_install(monkeypatch):
+def test_without_verifiers_or_with_a_too_old_or_too_new_one_the_error_says_what_to_install(monkeypatch):
     import types
 
     monkeypatch.setitem(sys.modules, "verifiers", None)  # `import verifiers` raises ImportError
-    with pytest.raises(VerifiersError, match=r"pip install 'rlvr\[verifiers\]' \(verifiers>=0.2,<0.4"):
+    with pytest.raises(VerifiersError, match=r"pip install 'rlvr\[verifiers\]' \(verifiers>=0.1.10,<0.4"):
         import_verifiers()
-    v1_only = types.ModuleType("verifiers")
-    v1_only.__version__ = "0.4.0"
-    monkeypatch.setitem(sys.modules, "verifiers", v1_only)
-    with pytest.raises(VerifiersError, match="supports verifiers>=0.2,<0.4 .*the installed verifiers 0.4.0 has no"):
+    fake = types.ModuleType("verifiers")
+    fake.MultiTurnEnv = object
+    monkeypatch.setitem(sys.modules, "verifiers", fake)
+    for version, why in [("0.4.0", r"is 0.4.0 \(0.4 replaced that API"), ("0.1.9.post0", "is 0.1.9.post0$")]:
+        fake.__version__ = version
+        with pytest.raises(VerifiersError, match=f"supports verifiers>=0.1.10,<0.4 .*the installed verifiers {why}"):
+            import_verifiers()
+    fake.__version__ = "0.3.1"
+    del fake.MultiTurnEnv
+    with pytest.raises(VerifiersError, match="verifiers 0.3.1 has no MultiTurnEnv"):
         import_verifiers()
 
 

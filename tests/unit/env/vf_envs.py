@@ -7,11 +7,21 @@ from datasets import Dataset
 ROWS = [{"question": "Guess my number (1-10).", "answer": "7"}]
 
 
+def field(message, key):
+    """A message's field: dicts before verifiers 0.1.12, pydantic models after."""
+    return message.get(key) if isinstance(message, dict) else getattr(message, key)
+
+
+def said(completion):
+    """The assistant messages' contents."""
+    return [str(field(m, "content") or "") for m in completion if field(m, "role") == "assistant"]
+
+
 class GuessEnv(vf.MultiTurnEnv):
     """Says "higher" or "lower" until the guess (the reply's last word) is the answer."""
 
     async def env_response(self, messages, state, **kwargs):
-        guess = messages[-1].content.strip().split()[-1]
+        guess = (str(field(messages[-1], "content")).strip().split() or ["?"])[-1]
         secret = int(state["answer"])
         if not guess.isdigit():
             return [{"role": "user", "content": "a number, please"}]
@@ -23,11 +33,11 @@ class GuessEnv(vf.MultiTurnEnv):
 
 def found(completion, answer, **kwargs) -> float:
     """1.0 when some assistant turn ends with the answer."""
-    return float(any(m.role == "assistant" and str(m.content).strip().endswith(answer) for m in completion))
+    return float(any(c.strip().endswith(answer) for c in said(completion)))
 
 
 def guesses(completion, **kwargs) -> float:
-    return float(sum(m.role == "assistant" for m in completion))
+    return float(len(said(completion)))
 
 
 def load_guess(max_turns: int = 5, penalty: float = 0.0):
@@ -47,8 +57,7 @@ def multiply(a: int, b: int) -> int:
 
 def final_answer(completion, answer, **kwargs) -> float:
     """1.0 when the last assistant message's content is the answer."""
-    last = [m for m in completion if m.role == "assistant"][-1]
-    return float(str(last.content).strip() == answer)
+    return float(said(completion)[-1].strip() == answer)
 
 
 def load_tools(max_turns: int = 4):
@@ -59,7 +68,7 @@ def load_tools(max_turns: int = 4):
 
 def fewest_guesses(completions, **kwargs) -> list[float]:
     """A group reward function: 1.0 for the episodes of the group with the fewest guesses."""
-    counts = [sum(m.role == "assistant" for m in c) for c in completions]
+    counts = [len(said(c)) for c in completions]
     return [float(n == min(counts)) for n in counts]
 
 
