@@ -131,6 +131,7 @@ class OpenAIShaped:
         self.episode = episode
 
     async def create(self, *, model: str, messages: Any, **kwargs: Any) -> Any:
+        """`chat.completions.create`: rlvr's next turn as a ChatCompletion (tools, sampling ignored)."""
         from openai.types.chat import ChatCompletion
 
         try:
