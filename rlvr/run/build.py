@@ -113,11 +113,13 @@ def make_reward_runner(cfg: Config, base_dir: Path | None) -> RewardRunner:
     )
 
 
-def make_plugins(cfg: Config, prompts: list[Prompt]) -> dict[str, Any]:
+def make_plugins(cfg: Config, prompts: list[Prompt], base_dir: Path | None = None) -> dict[str, Any]:
     """sampler, allocator, advantage, policy_loss, aggregation and env (None without one), built from the plug-ins and kwargs
     that validation resolved and converted (`Plugin.target`, `Plugin.kwargs`): names resolve once,
-    relative to the recipe, in `validate`."""
+    relative to the recipe, in `validate`; a plug-in that loads files of its own takes `base_dir` (the
+    recipe's folder) to read relative paths the same way."""
     context: dict[str, Any] = {
+        "base_dir": base_dir,
         "num_prompts": len(prompts),
         "prompt_uids": [p.uid for p in prompts],
         "seed": cfg.run.seed,

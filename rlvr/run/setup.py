@@ -183,7 +183,7 @@ def setup(cfg: Config, base_dir: Path | None, acc: Accelerator, signals: StopSig
     model = build.load_model(weights, cfg)
     ref_model = build.load_model(cfg.model.ref_path or policy_path, cfg, trainable=False) if cfg.loss.kl.coef > 0 \
         else None
-    plugins = build.make_plugins(cfg, train_prompts)
+    plugins = build.make_plugins(cfg, train_prompts, base_dir)
     rewards = build.make_reward_runner(cfg, base_dir)
     params = build.sampling_params(cfg)
     learner = build.make_learner(cfg, model, ref_model, acc, plugins, tokenizer.pad_token_id, params)
