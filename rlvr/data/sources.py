@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -95,8 +95,12 @@ def _read_json(file: Path, name: str) -> list[Row]:
     return data
 
 
-def _read_jsonl(file: Path, name: str) -> list[Row]:
-    rows = []
+def iter_jsonl(file: Path, name: str) -> Iterator[tuple[int, Row]]:
+    """(line number, object) of every non-blank line of a JSON-lines file; a line that is not
+    UTF-8, not JSON or not an object raises DataError naming `name` and the line.
+
+    Example: lines '{"a": 1}', '', '{"a": 2}' -> (1, {"a": 1}), (3, {"a": 2}).
+    """
     offset = 0  # of the current line's first byte, for the message on a line that is not UTF-8
     with file.open("rb") as f:
         for lineno, data in enumerate(f, start=1):
@@ -113,8 +117,11 @@ def _read_jsonl(file: Path, name: str) -> list[Row]:
                 raise DataError(f"{name} line {lineno}: invalid JSON ({e.msg})") from None
             if not isinstance(row, dict):
                 raise DataError(f"{name} line {lineno}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
-    return rows
+            yield lineno, row
+
+
+def _read_jsonl(file: Path, name: str) -> list[Row]:
+    return [row for _, row in iter_jsonl(file, name)]
 
 
 def _read_parquet(file: Path, name: str) -> list[Row]:

@@ -7,7 +7,9 @@ groups to have reward variance from the first step; sum's are not (a task for to
 
     mod_sum  "12+34="  -> "6"   (a + b) mod 10, a and b in [0, max_operand]
     succ     "12>"     -> "3"   (a + 1) mod 10, a in [0, max_operand]
-    sum      "12+34="  -> "46"  a + b, a multi-token answer (the calculator environment's task)
+    sum      "12+34="  -> "46"  a + b, a multi-token answer (the calculator environment's task);
+                                its rows also hold `demonstration`, a worked calculator episode
+                                (the tool call, then the answer) for `warmup`
 
 Answers depend on the prompt and are uniform over the ten digits (exactly, in each split, when
 max_operand + 1 is a multiple of 10), so no constant answer scores above 0.1.
@@ -27,6 +29,7 @@ import difflib
 import hashlib
 import inspect
 import itertools
+import json
 import random
 from collections import defaultdict
 from collections.abc import Callable
@@ -49,7 +52,11 @@ def _succ_row(a: int, width: int = 0) -> dict[str, Any]:
 
 
 def _sum_row(a: int, b: int, width: int = 0) -> dict[str, Any]:
-    return {"prompt": f"{a:0{width}d}+{b:0{width}d}=", "answer": str(a + b), "a": a, "b": b}
+    expression = f"{a:0{width}d}+{b:0{width}d}"
+    # a worked episode for `warmup` (a cold start): call the calculator, then answer with its result
+    call = json.dumps({"name": "calculator", "arguments": {"expression": expression}})
+    return {"prompt": f"{expression}=", "answer": str(a + b), "a": a, "b": b,
+            "demonstration": [f"<tool_call>\n{call}\n</tool_call>", str(a + b)]}
 
 
 TASKS: dict[str, Task] = {"mod_sum": Task(2, _mod_sum_row), "succ": Task(1, _succ_row), "sum": Task(2, _sum_row)}

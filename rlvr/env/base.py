@@ -15,6 +15,11 @@ budget (`rollout.max_new_tokens`, all turns together) runs out.
                 return Reply.end("enough")
             return Reply([{"role": "user", "content": "say it again"}])
 
+An environment that scores its own episodes (verifiers' rubrics, rlvr/env/verifiers_env.py) also
+defines `finish(states, ends) -> list[dict]`: called once per batch after every episode ended, one
+record per episode (e.g. {"reward": 0.75, "metrics": {...}}) that joins the episode's record and
+reaches the rewards as `row["episode"]` (the `env` reward reads its "reward").
+
 `ToolEnvironment` is the common case: named Python functions the model calls with the
 `<tool_call>` syntax (rlvr/env/tool_calls.py); a reply without a call is the final answer.
 """

@@ -13,6 +13,11 @@ The result is one `Rollouts` row per episode whose response is everything after 
 response_mask marks the model's tokens (the only ones trained and counted), env_mask the
 environment's, rollout_logprobs the model's tokens' log-probs; texts is the last model turn (the
 answer the rewards check) and contexts the text before it.
+
+An environment may also define `finish(states, ends) -> list[dict]`, called once after every
+episode of the batch has ended (`ends`: why each ended); what it returns for an episode joins
+that episode's record (`Rollouts.episodes`), e.g. {"reward": 0.75, "metrics": {...}} from an
+environment that scores its own episodes (the `env` reward reads it; rlvr/env/verifiers_env.py).
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ class _Episode:
     tool_calls: dict[str, int] = field(default_factory=dict)
     tool_errors: int = 0
     end: str = ""  # why the episode ended
+    extra: dict[str, Any] = field(default_factory=dict)  # what the environment's `finish` added to the record
 
 
 def run_episodes(engine: Any, batch: PromptBatch, params: SamplingParams, env: Environment, tokenizer: Any,
@@ -98,6 +104,15 @@ def run_episodes(engine: Any, batch: PromptBatch, params: SamplingParams, env: E
                     e.ids += inserted
                     e.model += [0.0] * len(inserted)
                     e.logprobs += [0.0] * len(inserted)
+    finish = getattr(env, "finish", None)
+    if callable(finish):
+        t0 = time.perf_counter()
+        extra = finish([e.state for e in episodes], [e.end for e in episodes])
+        env_s += time.perf_counter() - t0
+        if len(extra) != len(episodes):
+            raise ValueError(f"{type(env).__name__}.finish returned {len(extra)} records for {len(episodes)} episodes")
+        for e, x in zip(episodes, extra):
+            e.extra = dict(x)
     return _rollouts(batch, episodes, tokenizer), _metrics(episodes, gen_s, env_s)
 
 
@@ -118,8 +133,8 @@ def _rollouts(batch: PromptBatch, episodes: list[_Episode], tokenizer: Any) -> R
         response_mask=model, rollout_logprobs=lps, texts=[e.answer for e in episodes],
         finish_reason=[e.finish for e in episodes], env_mask=env,
         contexts=[tokenizer.decode(e.ids[: e.turn_start], skip_special_tokens=True) for e in episodes],
-        episodes=[{"turns": e.turns, "tool_calls": dict(e.tool_calls), "tool_errors": e.tool_errors, "end": e.end}
-                  for e in episodes])
+        episodes=[{**e.extra, "turns": e.turns, "tool_calls": dict(e.tool_calls), "tool_errors": e.tool_errors,
+                   "end": e.end} for e in episodes])
 
 
 def _metrics(episodes: list[_Episode], gen_s: float, env_s: float) -> dict[str, float]:

@@ -15,7 +15,6 @@ rlvr.advantage.stratified:count_tool_calls`).
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from pathlib import Path
@@ -23,6 +22,8 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
+from rlvr.data.errors import DataError
+from rlvr.data.sources import iter_jsonl
 from rlvr.env.base import ToolEnvironment
 from rlvr.registry import ENV
 
@@ -61,17 +62,11 @@ class BM25Index:
 
 
 def read_collection(path: str | Path) -> list[dict[str, str]]:
-    """The {"id", "text"} rows of a JSON-lines file; a bad row is named by its line number."""
+    """The {"id", "text"} rows of a JSON-lines file; a bad line is named by its number (DataError)."""
     docs = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{n}: not JSON ({e.msg})") from None
-        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-            raise ValueError(f'{path}:{n}: a document needs a "text" string (and an "id")')
+    for n, row in iter_jsonl(Path(path), str(path)):
+        if not isinstance(row.get("text"), str):
+            raise DataError(f'{path} line {n}: a document needs a "text" string (and an "id")')
         docs.append({"id": str(row.get("id", n)), "text": row["text"]})
     return docs
 

@@ -35,10 +35,10 @@ def whole_gradients_problem(who: str, strategy: str) -> str | None:
 
 def per_sample_grad_norms(model: torch.nn.Module, unwrapped: torch.nn.Module, acc: Accelerator,
                           prompt_ids: list[list[int]], response_ids: list[list[int]], param_match: str,
-                          temperature: float, pad_id: int) -> list[float]:
+                          temperature: float, pad_id: int, chunk_tokens: int = 0) -> list[float]:
     """Per (prompt, response) pair, the gradient norm of -sum_t log pi(y_t) at `temperature` on the
     first trained parameter of `unwrapped` whose name contains `param_match`; `model` is the prepared
-    (possibly DDP-wrapped) policy. Gradients are cleared afterwards.
+    (possibly DDP-wrapped) policy; `chunk_tokens` as in `response_logprobs`. Gradients are cleared afterwards.
 
     Shapes: one micro-batch [1, S] per pair, log-probs [1, T]; returns N floats for N pairs.
     Example: pairs (x1, y1), (x2, y2) with param_match "embed_tokens" -> [|g1|, |g2|], g_i the
@@ -58,7 +58,7 @@ def per_sample_grad_norms(model: torch.nn.Module, unwrapped: torch.nn.Module, ac
         mb = pack(batch, torch.arange(1), LossNorm(1.0, 1.0, 1), 10**9, pad_id)[0]
         param.grad = None
         with acc.no_sync(model):
-            lp, _ = response_logprobs(model, mb, temperature)
+            lp, _ = response_logprobs(model, mb, temperature, chunk_tokens=chunk_tokens)
             (-(lp * mb.response_mask.to(lp.device)).sum()).backward()
         norms.append(float(param.grad.norm()))
     model.zero_grad(set_to_none=True)

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
+from rlvr.buffer import pack
 from rlvr.learner import grad_norms, lora, shards, weights
 from rlvr.learner.batching import Batcher, BatchingConfig
 from rlvr.learner.distributed import SHARDED, global_sum, strategy_of
@@ -48,9 +49,10 @@ class Learner:
 
     `model` is the HF policy (prepared here for the strategy; with LoRA a peft model, whose optimiser
     holds the adapters only), `ref_model` the frozen KL reference or None (`ref_is_base`: the policy's
-    base weights, its adapters switched off, are the reference instead); `policy_loss` maps log-probs to a per-token loss [B, T], `aggregation` turns that into
-    a scalar, `rollout_correction` (or None) weighs tokens by engine/learner importance ratios.
-    `temperature` is the rollout temperature every log-prob is taken at.
+    base weights, its adapters switched off, are the reference instead); `policy_loss` maps log-probs
+    to a per-token loss [B, T], `aggregation` turns that into a scalar, `rollout_correction` (or None) weighs tokens by engine/learner importance ratios.
+    `temperature` is the rollout temperature every log-prob is taken at; `logprob_chunk_tokens` is the
+    chunk of positions whose logits exist at once (0: the full [B, T, V] logits; see logprobs.py).
     """
 
     def __init__(
@@ -68,6 +70,7 @@ class Learner:
         rollout_correction: Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]] | None = None,
         max_nonfinite_steps: int = 3,
         old_is_behaviour: bool = False,
+        logprob_chunk_tokens: int = 512,
         ref_is_base: bool = False,
     ):
         self.acc = accelerator
@@ -81,6 +84,7 @@ class Learner:
         self.batcher = Batcher(accelerator, batching)
         self.guard = NonFiniteGuard(max_nonfinite_steps)
         self.strategy = strategy_of(accelerator)
+        self.chunk_tokens = logprob_chunk_tokens
         if lora.is_lora(model) and (problem := lora.strategy_problem(self.strategy)):
             raise ValueError(problem)
         optimizer = make_optimizer(model, optim)
@@ -134,7 +138,7 @@ class Learner:
         # the policy's forwards may be collective (see Batcher.equalise); the reference model is local
         with model.disable_adapter() if base else nullcontext():
             for mb, scale in self.batcher.scoring(batch, collective=not use_ref):
-                lp, _ = response_logprobs(model, mb, self.temperature)
+                lp, _ = response_logprobs(model, mb, self.temperature, chunk_tokens=self.chunk_tokens)
                 if scale:
                     out[mb.index, : lp.shape[1]] = lp.float().cpu() * mb.response_mask
         return out
@@ -142,7 +146,7 @@ class Learner:
     def sequence_logprobs(self, token_ids: list[int]) -> torch.Tensor:
         """[S - 1] log p(token_i | tokens_<i) at temperature 1 under the current policy for S tokens
         (the learner's side of the weight-sync probe; every process calls it under sharding)."""
-        return weights.sequence_logprobs(self.model, token_ids)
+        return weights.sequence_logprobs(self.model, token_ids, self.chunk_tokens)
 
     def full_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
         """(HF name, full tensor) of every policy parameter, for pushing into a rollout engine or a
@@ -159,7 +163,7 @@ class Learner:
         if problem is not None:
             raise ValueError(problem)
         return grad_norms.per_sample_grad_norms(self.model, self.unwrapped, self.acc, prompt_ids, response_ids,
-                                                param_match, self.temperature, self.pad_id)
+                                                param_match, self.temperature, self.pad_id, self.chunk_tokens)
 
     def step(self, batch: AdvantageBatch, step: int = 0) -> dict[str, float]:
         """One RL step's update, collective; `step` only labels the non-finite bookkeeping (`self.guard`).
@@ -192,9 +196,41 @@ class Learner:
         metrics.update(self.guard.end_step(step))
         return metrics
 
+    def imitate(self, batch: AdvantageBatch, optimizer: torch.optim.Optimizer) -> dict[str, float]:
+        """One supervised step (the `warmup`), collective: minimise -sum log pi(y_t) over the model
+        tokens of `batch` (response_mask; an environment's tokens are context), divided by those
+        tokens' count over all processes, at temperature 1, with `optimizer` (not the RL one).
+
+        Returns warmup/loss (the mean negative log-likelihood per token) and warmup/grad_norm.
+        """
+        if self.engine is not None:
+            raise ValueError(f"warmup: not available under learner.strategy {self.strategy} (DeepSpeed owns the "
+                             "optimiser); run the warm-up with single, ddp or fsdp2, or train the demonstrations "
+                             "beforehand and point model.path at the result")
+        self.model.train()
+        optimizer.zero_grad(set_to_none=True)
+        rows = torch.arange(len(batch.scored.rollouts))
+        norm = self.batcher._norm(batch, rows)
+        mbs = self.batcher.equalise(pack(batch, rows, norm, self.batcher.cfg.micro_batch_tokens, self.pad_id))
+        nll = 0.0
+        for i, (mb, scale) in enumerate(mbs):
+            last = i == len(mbs) - 1
+            with self._accumulating(last):
+                logp, _ = response_logprobs(self.model, mb, 1.0)
+                loss = -(logp * mb.response_mask.to(logp.device)).sum() / max(norm.tokens, 1.0)
+                self._backward(loss * scale * self.acc.num_processes, last)
+            nll += float(loss.detach()) * scale
+        limit = self.optim.max_grad_norm if self.optim.max_grad_norm is not None else float("inf")
+        grad_norm = float(self.acc.clip_grad_norm_(self.model.parameters(), limit))
+        (total,) = global_sum(self.acc, [nll])
+        if math.isfinite(total) and math.isfinite(grad_norm):  # a non-finite step is dropped, as in `step`
+            optimizer.step()
+        return {"warmup/loss": total, "warmup/grad_norm": grad_norm}
+
     def _micro_loss(self, mb: MicroBatch) -> tuple[torch.Tensor, dict[str, float]]:
         device = self.acc.device
-        logp, entropy = response_logprobs(self.model, mb, self.temperature, with_entropy=True)
+        logp, entropy = response_logprobs(self.model, mb, self.temperature, with_entropy=True,
+                                          chunk_tokens=self.chunk_tokens)
         mask = mb.response_mask.to(device)
         old = mb.old_logprobs.to(device) if mb.old_logprobs is not None else logp.detach()
         adv = (mb.advantages * mb.weights).to(device)

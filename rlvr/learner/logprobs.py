@@ -1,33 +1,144 @@
-"""Per-token log-probs (and entropy) of the response tokens of a micro-batch."""
+"""Per-token log-probs (and entropy) of the response tokens of a micro-batch.
+
+Two ways to get them, equal to float32 rounding (tests/unit/learner/test_chunked_logprobs.py):
+
+- full logits: the model's forward returns the logits of the last T+1 positions, [B, T, V] in
+  float32, and log-probs come from one logsumexp and gather over them;
+- chunked (`chunk_tokens` > 0): for the length of one forward, the LM head's `forward` is replaced
+  by one that takes the final hidden states [B, T+1, H], applies the original head `chunk_tokens`
+  positions at a time (each chunk under activation checkpointing) and returns the log-probs
+  [B, T] in place of logits. Neither the forward nor the backward then holds more than
+  chunk_tokens x V logits; at a 152k vocabulary that decides the learner's peak memory
+  (benchmarks/logprob_memory.py).
+
+The head is still called once, as a module, inside the (possibly wrapped) model's own forward, so
+DDP's reducer, FSDP2's all-gathers and DeepSpeed ZeRO-3's parameter fetches and their backward
+hooks run exactly as for an ordinary forward (calling the head module once per chunk instead made
+FSDP2 reshard it after the first chunk's backward: a segfault). It needs logits = lm_head(final
+hidden state), which holds for the families in `PLAIN_HEAD_FAMILIES`; any other model (logit
+soft-capping, logit scaling) takes the full path.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
 import torch
+from accelerate.utils import extract_model_from_parallel
+from torch.utils.checkpoint import checkpoint
 
 from rlvr.types import MicroBatch
 
+# config.model_type of the HF causal LMs whose logits are exactly lm_head(final hidden state)
+PLAIN_HEAD_FAMILIES = ("llama", "mistral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe")
+
 
 def response_logprobs(
-    model: torch.nn.Module, mb: MicroBatch, temperature: float, with_entropy: bool = False
+    model: torch.nn.Module, mb: MicroBatch, temperature: float, with_entropy: bool = False, chunk_tokens: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log pi(y_t | x, y_<t) at `temperature` for the last T columns of the micro-batch.
 
     Shapes: input_ids [B, S], response_ids [B, T] -> logprobs [B, T] (float32), entropy [B, T]
-    (float32, no gradient) or None. Only the last T+1 positions' logits are computed, and the
-    logits at position s predict token s+1, hence the [:-1] slice.
+    (float32, no gradient) or None. The logits at position s predict token s+1, so the last T+1
+    positions, less the last, give the T response tokens. `chunk_tokens` > 0 takes the chunked
+    path for models that allow it (`plain_head`); 0 materialises the [B, T, V] logits.
+    Example: B=2, T=3, chunk_tokens=4 -> the 6 positions go through the head as chunks of 4 and 2.
     """
     device = next(model.parameters()).device
     ids = mb.input_ids.to(device)
     attn = mb.attention_mask.to(device)
     positions = (attn.cumsum(-1) - 1).clamp(min=0)
-    t = mb.response_ids.shape[1]
-    out = model(input_ids=ids, attention_mask=attn, position_ids=positions, logits_to_keep=t + 1, use_cache=False)
-    logits = out.logits[:, :-1, :].float() / temperature  # [B, T, V]
-    # log p = logit - logsumexp: unlike log_softmax this keeps no second [B, T, V] tensor for backward
-    lse = torch.logsumexp(logits, dim=-1)  # [B, T]
-    logp = logits.gather(-1, mb.response_ids.to(device).unsqueeze(-1)).squeeze(-1) - lse
-    entropy = token_entropy(logits.detach(), lse.detach()) if with_entropy else None
-    return logp, entropy
+    targets = mb.response_ids.to(device)
+    t = targets.shape[1]
+    head = plain_head(model) if chunk_tokens > 0 else None
+
+    def forward() -> torch.Tensor:
+        out = model(input_ids=ids, attention_mask=attn, position_ids=positions, logits_to_keep=t + 1,
+                    use_cache=False)
+        return out.logits
+
+    if head is None:
+        logits = forward()[:, :-1, :].float() / temperature  # [B, T, V]
+        # log p = logit - logsumexp: unlike log_softmax this keeps no second [B, T, V] tensor for backward
+        lse = torch.logsumexp(logits, dim=-1)  # [B, T]
+        logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse
+        entropy = token_entropy(logits.detach(), lse.detach()) if with_entropy else None
+        return logp, entropy
+    entropy_out: list[torch.Tensor | None] = []
+
+    def logprobs_head(original: Callable[[torch.Tensor], torch.Tensor], hidden: torch.Tensor) -> torch.Tensor:
+        logp, entropy = chunked_head_logprobs(original, hidden[:, :-1, :], targets, temperature, chunk_tokens,
+                                              with_entropy)
+        entropy_out.append(entropy)
+        return logp
+
+    with _forward_replaced(head, logprobs_head):
+        logp = forward()
+    return logp, entropy_out[0]
+
+
+def plain_head(model: torch.nn.Module) -> torch.nn.Module | None:
+    """The LM head of `model` when its logits are head(final hidden state), else None.
+
+    `model` may be wrapped (DDP, a DeepSpeed engine, torch.compile; FSDP2 keeps the HF class) and
+    the HF model inside may itself be wrapped (a peft model forwards these look-ups to it).
+    Example: a Qwen2ForCausalLM -> its lm_head Linear; a Gemma2ForCausalLM -> None.
+    """
+    inner = extract_model_from_parallel(model)
+    family = getattr(getattr(inner, "config", None), "model_type", None)
+    return inner.get_output_embeddings() if family in PLAIN_HEAD_FAMILIES else None
+
+
+@contextmanager
+def _forward_replaced(module: torch.nn.Module, replacement: Callable[..., torch.Tensor]) -> Iterator[None]:
+    """Within the block, calling `module` runs replacement(original_forward, *args); its hooks (FSDP2,
+    DeepSpeed) still run around the call."""
+    own = module.__dict__.get("forward")  # a forward set on the instance before (e.g. by a wrapper)
+    original = module.forward
+    module.forward = lambda *args, **kwargs: replacement(original, *args, **kwargs)
+    try:
+        yield
+    finally:
+        if own is None:
+            del module.forward  # the class's forward shows through again
+        else:
+            module.forward = own
+
+
+def chunked_head_logprobs(head: Callable[[torch.Tensor], torch.Tensor], hidden: torch.Tensor, targets: torch.Tensor,
+                          temperature: float, chunk_tokens: int, with_entropy: bool = False
+                          ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log softmax(head(h) / temperature)[y] for every position, `chunk_tokens` positions at a time.
+
+    Shapes: hidden [B, T, H], targets [B, T] long -> logprobs [B, T] float32, entropy [B, T] (no
+    gradient) or None. With gradients on, each chunk is checkpointed: its logits are dropped after
+    the forward and recomputed in the backward, so at most chunk_tokens x V logits live at once.
+    Example: head = identity on H = V = 2, hidden [[[0, 0], [2, 0]]], targets [[1, 0]], temperature 1
+    -> [[log 0.5, 2 - log(e^2 + 1)]] = [[-0.693, -0.127]].
+    """
+    rows = hidden.reshape(-1, hidden.shape[-1])  # [B*T, H]
+    flat_targets = targets.reshape(-1)
+    recompute = torch.is_grad_enabled()
+
+    def one_chunk(h: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        logits = head(h).float()  # [n, V]
+        if temperature != 1.0:  # x / 1.0 == x: skip the copy
+            logits = logits / temperature
+        lse = torch.logsumexp(logits, dim=-1)
+        logp = logits.gather(-1, y.unsqueeze(-1)).squeeze(-1) - lse
+        # after logp: a checkpoint's recomputation stops once it has what the backward needs
+        entropy = token_entropy(logits.detach(), lse.detach()) if with_entropy else None
+        return logp, entropy
+
+    logps, entropies = [], []
+    for s in range(0, rows.shape[0], chunk_tokens):
+        h, y = rows[s : s + chunk_tokens], flat_targets[s : s + chunk_tokens]
+        logp, entropy = checkpoint(one_chunk, h, y, use_reentrant=False) if recompute else one_chunk(h, y)
+        logps.append(logp)
+        entropies.append(entropy)
+    logp = torch.cat(logps).view_as(targets)
+    return logp, torch.cat(entropies).view_as(targets) if with_entropy else None
 
 
 @torch.no_grad()

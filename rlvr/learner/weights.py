@@ -41,10 +41,10 @@ def full_weights(model: torch.nn.Module, strategy: str) -> Iterator[tuple[str, t
 
 
 @torch.no_grad()
-def sequence_logprobs(model: torch.nn.Module, token_ids: list[int]) -> torch.Tensor:
+def sequence_logprobs(model: torch.nn.Module, token_ids: list[int], chunk_tokens: int = 0) -> torch.Tensor:
     """[S - 1] log p(token_i | tokens_<i) at temperature 1 under `model` (the prepared policy) for one
     sequence of S tokens, in eval mode (the training mode is restored afterwards); collective when
-    the model is sharded. Example: 5 tokens -> 4 log-probs, of tokens 1..4.
+    the model is sharded; `chunk_tokens` as in `response_logprobs`. Example: 5 tokens -> 4 log-probs, of tokens 1..4.
     """
     ids = torch.tensor([token_ids])
     ones = torch.ones_like(ids)
@@ -53,7 +53,7 @@ def sequence_logprobs(model: torch.nn.Module, token_ids: list[int]) -> torch.Ten
     was_training = model.training
     model.eval()
     try:
-        lp, _ = response_logprobs(model, mb, 1.0)
+        lp, _ = response_logprobs(model, mb, 1.0, chunk_tokens=chunk_tokens)
     finally:
         model.train(was_training)
     return lp[0].float().cpu()

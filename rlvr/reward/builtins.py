@@ -1,4 +1,5 @@
-"""Built-in rewards: math (math-verify), gsm8k (final number), exact (string match), format (regex).
+"""Built-in rewards: math (math-verify), gsm8k (final number), exact (string match), format (regex),
+env (the reward an environment gave its own episode).
 
 Each is a per-sample function `fn(prompt, completion, row, **kwargs) -> float`; the gold answer is
 `row["answer"]` (the data stage puts it under that key). A missing gold answer raises: that is a data
@@ -155,3 +156,23 @@ def format_match(prompt: str, completion: str, row: dict[str, Any], *, pattern: 
     found = regex.search(completion) if mode == "search" else regex.fullmatch(completion)
     return float(found is not None)
 
+
+
+@REWARD.register("env")
+def env_reward(prompt: str, completion: str, row: dict[str, Any]) -> tuple[float, dict[str, float]]:
+    """The reward the environment gave its own episode (its `finish` record, e.g. a verifiers
+    rubric's weighted sum), with the record's numeric "metrics" (e.g. each rubric function's score).
+
+    Example: row["episode"] = {"reward": 0.75, "metrics": {"correct": 1.0, "turns": 3}, ...}
+    -> (0.75, {"correct": 1.0, "turns": 3.0}).
+    """
+    episode = row.get("episode")
+    if not isinstance(episode, dict):
+        raise ValueError("reward env reads the episode's own reward; it needs an `env:` section (multi-turn episodes)")
+    value = episode.get("reward")
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise ValueError(f"reward env: the environment gave this episode no reward (got {value!r}); its finish() "
+                         "must return {'reward': <number>} for every episode")
+    metrics = {k: float(v) for k, v in (episode.get("metrics") or {}).items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return float(value), metrics

@@ -120,11 +120,13 @@ def make_reward_runner(cfg: Config, base_dir: Path | None) -> RewardRunner:
     )
 
 
-def make_plugins(cfg: Config, prompts: list[Prompt]) -> dict[str, Any]:
+def make_plugins(cfg: Config, prompts: list[Prompt], base_dir: Path | None = None) -> dict[str, Any]:
     """sampler, allocator, advantage, policy_loss, aggregation and env (None without one), built from the plug-ins and kwargs
     that validation resolved and converted (`Plugin.target`, `Plugin.kwargs`): names resolve once,
-    relative to the recipe, in `validate`."""
+    relative to the recipe, in `validate`; a plug-in that loads files of its own takes `base_dir` (the
+    recipe's folder) to read relative paths the same way."""
     context: dict[str, Any] = {
+        "base_dir": base_dir,
         "num_prompts": len(prompts),
         "prompt_uids": [p.uid for p in prompts],
         "seed": cfg.run.seed,
@@ -275,7 +277,8 @@ def make_learner(cfg: Config, model: torch.nn.Module, ref_model: torch.nn.Module
         temperature=params.temperature,
         kl=KLSettings(coef=kl.coef, estimator=kl.estimator, in_loss=kl.where == "loss"),
         rollout_correction=make_rollout_correction(cfg), max_nonfinite_steps=lc.max_nonfinite_steps,
-        old_is_behaviour=old_is_behaviour(cfg), ref_is_base=ref_is_base(cfg),
+        old_is_behaviour=old_is_behaviour(cfg), logprob_chunk_tokens=lc.logprob_chunk_tokens,
+        ref_is_base=ref_is_base(cfg),
     )
 
 

@@ -71,6 +71,8 @@ RULES: dict[str, str] = {
     "reward.max_worker_memory_mb": HONOUR,
     # the environment of multi-turn episodes is part of the task the policy learns ...
     "env": REFUSE,
+    # the warm-up ran before the first checkpoint; a resumed run never repeats it
+    "warmup": QUIET,
     # the objective
     "advantage": REFUSE,
     "loss": REFUSE,

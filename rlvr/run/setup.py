@@ -38,6 +38,7 @@ from rlvr.run.lifecycle import CheckpointClock, SignalStopped, StopSignals, sign
 from rlvr.run.pipeline import Pipeline
 from rlvr.run.resume_policy import apply_optimizer_changes, change_lines, check_resume
 from rlvr.run.services import TrainerServices
+from rlvr.run.warmup import warm_up
 from rlvr.sampling.draw import draw
 from rlvr.types import Prompt, PromptBatch, Rollouts, advantage_scope
 
@@ -185,7 +186,7 @@ def setup(cfg: Config, base_dir: Path | None, acc: Accelerator, signals: StopSig
     model = build.load_model(weights, cfg, adapter=ckpt / "adapter" if ckpt and lora else None)
     ref_model = build.load_model(cfg.model.ref_path or policy_path, cfg, trainable=False) \
         if cfg.loss.kl.coef > 0 and not build.ref_is_base(cfg) else None
-    plugins = build.make_plugins(cfg, train_prompts)
+    plugins = build.make_plugins(cfg, train_prompts, base_dir)
     rewards = build.make_reward_runner(cfg, base_dir)
     params = build.sampling_params(cfg)
     learner = build.make_learner(cfg, model, ref_model, acc, plugins, tokenizer.pad_token_id, params)
@@ -215,6 +216,8 @@ def setup(cfg: Config, base_dir: Path | None, acc: Accelerator, signals: StopSig
                                    wandb_project=cfg.metrics.wandb_project, run_name=cfg.run.name,
                                    is_main=acc.is_main_process)
         _announce(run, policy_path, data_stats, moved + change_lines(honoured))
+        if run.start == 0 and cfg.warmup.steps:  # a cold start by imitation, before any engine has the weights
+            warm_up(run)
         if not engine.shares_learner_weights:  # the engine loaded from disk: start it from the learner's tensors
             # probed too: an engine that reads the architecture differently fails here, before any training
             first = train_prompts[0].token_ids

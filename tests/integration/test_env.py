@@ -101,3 +101,48 @@ def test_the_search_recipe_runs_with_strata_from_the_episodes(tmp_path, models_d
                          f"data.eval.path={data / 'test.jsonl'}", f"env.collection={data / 'docs.jsonl'}", *SMALL)
     train = [r for r in rows(run_dir) if "env/turns_mean" in r]
     assert len(train) == 2 and all("advantage/num_strata" in r for r in train)
+
+
+VERIFIERS_ENV = '''
+import verifiers as vf
+from datasets import Dataset
+
+
+class GoOn(vf.MultiTurnEnv):
+    async def env_response(self, messages, state, **kwargs):
+        return [{"role": "user", "content": "go on"}]
+
+
+def turns(completion, **kwargs) -> float:
+    return float(sum((m.get("role") if isinstance(m, dict) else m.role) == "assistant" for m in completion))
+
+
+def load_environment(max_turns: int = 2, scale: float = 0.5):
+    return GoOn(dataset=Dataset.from_list([{"question": "q", "answer": "a"}]), max_turns=max_turns,
+                rubric=vf.Rubric(funcs=[turns], weights=[scale]))
+'''
+
+
+@pytest.mark.parametrize("mode", ["colocated", "disaggregated"])  # disaggregated: a producer thread plays them
+def test_a_verifiers_environment_trains_with_its_rubric_as_the_reward(tmp_path, models_dir, mode):
+    from rlvr.env.verifiers_env import VerifiersError, import_verifiers
+
+    try:
+        import_verifiers()
+    except VerifiersError as e:
+        pytest.skip(str(e))
+    env_file = tmp_path / "vf_env.py"
+    env_file.write_text(VERIFIERS_ENV)
+    args = [*SMALL, f"env={{name: verifiers, environment: '{env_file}:load_environment', args: {{max_turns: 2}}}}",
+            "reward.functions=[{name: env}]", "rollout.max_episode_tokens=100", "eval.every=0", f"rollout.mode={mode}"]
+    run_dir = run_recipe(RECIPE, tmp_path / "run", models_dir, "run.steps=2", *args)
+    train = [r for r in rows(run_dir) if "env/turns_mean" in r]
+    assert [r["step"] for r in train] == [1, 2]
+    for r in train:  # verifiers ends each episode after its 2 turns; the rubric pays 0.5 a turn
+        # (before 0.1.12 an empty reply is an error that ends the episode: has_error, and the empty turn
+        # is not in verifiers' trajectory)
+        assert r["env/end/max_turns_reached"] + r.get("env/end/has_error", 0.0) == pytest.approx(1.0), r
+        assert r["env/end/max_turns_reached"] >= 0.5 and r["env/turns_mean"] <= 2.0, r
+        assert r["reward/env/mean"] == pytest.approx(0.5 * r["reward/env/turns"]), r
+        if "env/end/has_error" not in r:
+            assert r["env/turns_mean"] == 2.0 and r["reward/env/turns"] == pytest.approx(2.0), r

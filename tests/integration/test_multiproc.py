@@ -89,12 +89,15 @@ STRATEGIES = ["ddp", "fsdp2", pytest.param("zero2", marks=[pytest.mark.deepspeed
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_strategy_two_processes_match_one(tmp_path, tiny, strategy):
     """Same loss and same updated weights (every parameter, gathered from the shards) with 1 and 2
-    processes. Float32 differences come from summation order only: measured up to 1.6e-7 on the
-    weights (updates are ~2e-3), so the bounds are 1e-6 absolute and 1e-5 relative."""
+    processes. The one process takes log-probs from the full logits, the two processes through the
+    LM head in chunks of 5 positions (learner.logprob_chunk_tokens), so this also checks that the
+    chunked head runs right under every wrapping. Float32 differences come from summation order
+    only: measured up to 2.5e-7 on the weights (updates are ~2e-3), so the bounds are 1e-6 absolute
+    and 1e-5 relative."""
     outs = {}
-    for n in (1, 2):
+    for n, chunk in ((1, "0"), (2, "5")):
         outs[n] = tmp_path / f"{n}.pt"
-        _run([*_torchrun(n), str(SCRIPT), str(tiny), str(outs[n]), "seq_mean_token_mean", strategy, "2"])
+        _run([*_torchrun(n), str(SCRIPT), str(tiny), str(outs[n]), "seq_mean_token_mean", strategy, "2", chunk])
     one, two = torch.load(outs[1]), torch.load(outs[2])
     assert (one["strategy"], two["strategy"]) == ("single" if strategy == "ddp" else strategy, strategy)
     assert (one["world"], two["world"]) == (1, 2)

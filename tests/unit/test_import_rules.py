@@ -38,7 +38,7 @@ ALLOWED: dict[str, frozenset[str]] = {
                       "errors"}),
     "eval": frozenset({"rollout", "reward", "metrics", "types", "errors"}),
     # stage 1 of a multi-turn run: plays episodes through any engine's generate
-    "env": frozenset({"rollout", "registry", "types", "errors"}),
+    "env": frozenset({"rollout", "data", "registry", "types", "errors"}),  # data: a collection's JSON-lines reader
     # config asks the learner which strategy a launch will run (plug-ins that need whole gradients)
     "config": frozenset({"data", "models", "reward", "learner", "registry", "types", "errors"}),
     # SPO's sampler draws by the success estimates the SPO estimator's tracker keeps.

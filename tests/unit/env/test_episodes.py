@@ -130,3 +130,53 @@ def test_hf_engine_episodes_condition_each_turn_on_the_exact_ids(tiny_model_dir,
         n = len(trajectory)
         assert ro.response_ids[i, :n].tolist() == trajectory
         torch.testing.assert_close(ro.rollout_logprobs[i, :n], torch.tensor(expected))
+
+
+class SelfScoring:
+    """Ends after one turn; `finish` scores each episode by its answer's length and records why it ended."""
+
+    def start(self, row):
+        return {"row": row}
+
+    def respond(self, state, turn):
+        state["answer"] = turn
+        return Reply.end("answer")
+
+    def finish(self, states, ends):
+        return [{"reward": float(len(s.get("answer", ""))), "metrics": {"ended_by_env": float(e == "answer")}}
+                for s, e in zip(states, ends)]
+
+
+def test_an_environment_that_scores_its_episodes_reaches_the_env_reward(tok):
+    from rlvr.reward import RewardRunner, RewardSpec, score_rollouts
+
+    engine = ScriptedEngine(tok, {"a": ["12<|im_end|>"], "b": ["12345<|im_end|>"]})
+    batch = PromptBatch([prompt(tok, "a", "q"), prompt(tok, "b", "q")], [1, 1])
+    ro, _ = run_episodes(engine, batch, SamplingParams(max_new_tokens=16), SelfScoring(), tok, max_turns=2,
+                         max_tokens=100)
+    assert [e["reward"] for e in ro.episodes] == [2.0, 5.0] and ro.episodes[0]["end"] == "answer"
+    with RewardRunner([RewardSpec(name="env")]) as runner:
+        scored = score_rollouts(runner, ro)
+    assert scored.rewards.tolist() == [2.0, 5.0]
+    assert scored.metrics["reward/env/ended_by_env"] == 1.0
+
+
+def test_the_env_reward_without_an_episode_reward_says_what_is_missing():
+    from rlvr.reward.builtins import env_reward
+
+    with pytest.raises(ValueError, match="needs an `env:` section"):
+        env_reward("p", "c", {"answer": "1"})
+    with pytest.raises(ValueError, match="gave this episode no reward"):
+        env_reward("p", "c", {"episode": {"turns": 1}})
+    assert env_reward("p", "c", {"episode": {"reward": 0.5, "metrics": {"x": 1, "s": "no"}}}) == (0.5, {"x": 1.0})
+
+
+def test_a_finish_that_returns_too_few_records_is_an_error(tok):
+    class Short(SelfScoring):
+        def finish(self, states, ends):
+            return []
+
+    engine = ScriptedEngine(tok, {"a": ["1<|im_end|>"]})
+    with pytest.raises(ValueError, match="Short.finish returned 0 records for 1 episodes"):
+        run_episodes(engine, PromptBatch([prompt(tok, "a", "q")], [1]), SamplingParams(max_new_tokens=8), Short(),
+                     tok, max_turns=1, max_tokens=50)

@@ -48,8 +48,8 @@ def test_the_tool_answers_with_documents_and_errors_are_shown(tmp_path):
 def test_a_bad_collection_row_is_named(tmp_path):
     path = tmp_path / "docs.jsonl"
     path.write_text('{"id": "a", "text": "fine"}\n{"id": "b"}\n')
-    with pytest.raises(ValueError, match=r'docs.jsonl:2: a document needs a "text" string'):
+    with pytest.raises(ValueError, match=r'docs.jsonl line 2: a document needs a "text" string'):
         read_collection(path)
     path.write_text('{"id": "a", "text": "fine"}\nnot json\n')
-    with pytest.raises(ValueError, match=r"docs.jsonl:2: not JSON"):
+    with pytest.raises(ValueError, match=r"docs.jsonl line 2: invalid JSON"):
         read_collection(path)
