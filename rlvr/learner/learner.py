@@ -50,7 +50,8 @@ class Learner:
     `model` is the HF policy (prepared here for the strategy; with LoRA a peft model, whose optimiser
     holds the adapters only), `ref_model` the frozen KL reference or None (`ref_is_base`: the policy's
     base weights, its adapters switched off, are the reference instead); `policy_loss` maps log-probs
-    to a per-token loss [B, T], `aggregation` turns that into a scalar, `rollout_correction` (or None) weighs tokens by engine/learner importance ratios.
+    to a per-token loss [B, T], `aggregation` turns that into a scalar, `rollout_correction` (or
+    None) weighs tokens by engine/learner importance ratios.
     `temperature` is the rollout temperature every log-prob is taken at; `logprob_chunk_tokens` is the
     chunk of positions whose logits exist at once (0: the full [B, T, V] logits; see logprobs.py).
     """
