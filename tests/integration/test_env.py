@@ -146,3 +146,29 @@ def test_a_verifiers_environment_trains_with_its_rubric_as_the_reward(tmp_path, 
         assert r["reward/env/mean"] == pytest.approx(0.5 * r["reward/env/turns"]), r
         if "env/end/has_error" not in r:
             assert r["env/turns_mean"] == 2.0 and r["reward/env/turns"] == pytest.approx(2.0), r
+
+
+def test_a_warm_up_teaches_the_tool_call_and_a_resume_does_not_repeat_it(tmp_path, models_dir, capsys):
+    """Imitation of four calculator demonstrations: afterwards the policy writes the JSON call that
+    the tiny random model never writes, the tool runs, and the episodes reach a second turn."""
+    common = ["sampling.prompts_per_step=4", "sampling.samples_per_prompt=2", "rollout.max_new_tokens=96",
+              "rollout.temperature=0.3", "eval.every=0", "eval.at_start=false", "metrics.sinks=[jsonl,console]",
+              "metrics.plot=false", "warmup.steps=100", "warmup.max_rows=4", "warmup.batch_size=4", "warmup.lr=3e-3",
+              "data.train.args.num_rows=4", "checkpoint.every=1"]
+    out = tmp_path / "warm"
+    run_recipe(RECIPE, out, models_dir, "run.steps=1", *common)
+    first = rows(out)
+    warm = [r for r in first if "warmup/loss" in r]
+    assert len(warm) == 1 and warm[0]["step"] == 0 and warm[0]["warmup/rows"] == 4
+    assert warm[0]["warmup/loss"] < warm[0]["warmup/loss_first"] / 20
+    (step1,) = [r for r in first if "env/turns_mean" in r]
+    # the rows trained on are the rows sampled here: the calls parse and the calculator answers them
+    assert step1["env/tool_calls/calculator"] >= 0.5 and step1["env/turns_mean"] > 1.5
+    said = capsys.readouterr()
+    assert "warm-up step 100/100" in said.out + said.err
+    run_recipe(RECIPE, out, models_dir, "run.steps=2", *common)
+    again = rows(out)
+    assert [r["step"] for r in again if "warmup/loss" in r] == [0]  # the first run's record only
+    assert [r["step"] for r in again if "env/turns_mean" in r] == [1, 2]
+    said = capsys.readouterr()
+    assert "warm-up" not in said.out + said.err and "resuming at step 1" in said.out + said.err
