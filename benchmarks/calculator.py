@@ -68,10 +68,10 @@ def run(name: str, overrides: list[str], out: Path, args: argparse.Namespace, se
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=100, help="RL steps")
-    p.add_argument("--warmup-steps", type=int, default=200)
-    p.add_argument("--warmup-rows", type=int, default=1000, help="the demonstration budget (first N training rows)")
-    p.add_argument("--eval-every", type=int, default=25)
+    p.add_argument("--steps", type=int, default=60, help="RL steps")
+    p.add_argument("--warmup-steps", type=int, default=600)
+    p.add_argument("--warmup-rows", type=int, default=4000, help="the demonstration budget (first N training rows)")
+    p.add_argument("--eval-every", type=int, default=20)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--only", nargs="+", choices=list(SETUPS), default=list(SETUPS))
     args = p.parse_args()

@@ -11,7 +11,7 @@ from tests.integration.conftest import ROOT, run_recipe
 pytestmark = [pytest.mark.agents, pytest.mark.slow]
 
 RECIPE = ROOT / "recipes" / "agents" / "calculator.yaml"
-SMALL = ["sampling.prompts_per_step=4", "sampling.samples_per_prompt=4", "rollout.max_new_tokens=12",
+SMALL = ["warmup.steps=0", "sampling.prompts_per_step=4", "sampling.samples_per_prompt=4", "rollout.max_new_tokens=12",
          "eval.max_prompts=4", "metrics.sinks=[jsonl]", "metrics.plot=false"]
 
 COUNTING_ENV = '''
