@@ -10,6 +10,7 @@ groups to have reward variance from the first step; sum's are not (a task for to
     sum      "12+34="  -> "46"  a + b, a multi-token answer (the calculator environment's task);
                                 its rows also hold `demonstration`, a worked calculator episode
                                 (the tool call, then the answer) for `warmup`
+    product  "12*34="  -> "408" a * b, up to four answer tokens; `demonstration` as for sum
 
 Answers depend on the prompt and are uniform over the ten digits (exactly, in each split, when
 max_operand + 1 is a multiple of 10), so no constant answer scores above 0.1.
@@ -51,15 +52,24 @@ def _succ_row(a: int, width: int = 0) -> dict[str, Any]:
     return {"prompt": f"{a:0{width}d}>", "answer": str((a + 1) % 10), "a": a}
 
 
-def _sum_row(a: int, b: int, width: int = 0) -> dict[str, Any]:
-    expression = f"{a:0{width}d}+{b:0{width}d}"
+def _worked_row(a: int, b: int, op: str, value: int, width: int) -> dict[str, Any]:
+    expression = f"{a:0{width}d}{op}{b:0{width}d}"
     # a worked episode for `warmup` (a cold start): call the calculator, then answer with its result
     call = json.dumps({"name": "calculator", "arguments": {"expression": expression}})
-    return {"prompt": f"{expression}=", "answer": str(a + b), "a": a, "b": b,
-            "demonstration": [f"<tool_call>\n{call}\n</tool_call>", str(a + b)]}
+    return {"prompt": f"{expression}=", "answer": str(value), "a": a, "b": b,
+            "demonstration": [f"<tool_call>\n{call}\n</tool_call>", str(value)]}
 
 
-TASKS: dict[str, Task] = {"mod_sum": Task(2, _mod_sum_row), "succ": Task(1, _succ_row), "sum": Task(2, _sum_row)}
+def _sum_row(a: int, b: int, width: int = 0) -> dict[str, Any]:
+    return _worked_row(a, b, "+", a + b, width)
+
+
+def _product_row(a: int, b: int, width: int = 0) -> dict[str, Any]:
+    return _worked_row(a, b, "*", a * b, width)
+
+
+TASKS: dict[str, Task] = {"mod_sum": Task(2, _mod_sum_row), "succ": Task(1, _succ_row), "sum": Task(2, _sum_row),
+                          "product": Task(2, _product_row)}
 
 
 def generate(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import operator
+import re
 from typing import Annotated
 
 from pydantic import Field
@@ -25,17 +26,20 @@ _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, as
         ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow}
 _MAX_EXPONENT = 64
 _MAX_DIGITS = 60
+_LEADING_ZEROS = re.compile(r"(?<![\d.])0+(?=\d)")  # "007" -> "7"; "0.5", "10.05" and "100" untouched
 
 
 def evaluate(expression: str) -> str:
     """The value of an arithmetic expression as text (an integer when it is one).
 
-    Example: "(47 + 38) * 2" -> "170"; "7 / 2" -> "3.5"; "2 ** 100" -> ValueError (exponent over 64).
+    Integers may have leading zeros ("07 + 85", as zero-padded operands are written), which
+    Python's own syntax refuses. Example: "(47 + 38) * 2" -> "170"; "07+85" -> "92"; "7 / 2" -> "3.5";
+    "2 ** 100" -> ValueError (exponent over 64).
     """
     if not isinstance(expression, str) or not expression.strip():
         raise ValueError("expression must be a non-empty string, e.g. \"12 * (3 + 4)\"")
     try:
-        tree = ast.parse(expression.strip(), mode="eval")
+        tree = ast.parse(_LEADING_ZEROS.sub("", expression.strip()), mode="eval")
     except SyntaxError as e:
         raise ValueError(f"cannot read {expression!r} as arithmetic") from e
     value = _eval(tree.body)

@@ -135,7 +135,7 @@ def test_synthetic_argument_errors():
         load_rows("synthetic:succ", split="test", synthetic_args={"split": "train"})
     with pytest.raises(DataError, match=r"synthetic:succ: bad synthetic_args .*num_row"):
         load_rows("synthetic:succ", synthetic_args={"num_row": 5})
-    with pytest.raises(DataError, match=r"synthetic:nope: unknown task \(known: mod_sum, succ, sum\)"):
+    with pytest.raises(DataError, match=r"synthetic:nope: unknown task \(known: mod_sum, product, succ, sum\)"):
         load_rows("synthetic:nope")
     with pytest.raises(DataError, match=r"data\.jsonl: synthetic_args only apply"):
         load_rows("data.jsonl", synthetic_args={"seed": 1})
