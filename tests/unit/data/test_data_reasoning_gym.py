@@ -9,11 +9,9 @@ import sys
 import pytest
 import yaml
 
-pytest.importorskip("reasoning_gym")
-
-from rlvr.config import ConfigError, load_config  # noqa: E402
-from rlvr.data import DataError, load_rows  # noqa: E402
-from rlvr.data.reasoning_gym import arg_problems, generate, split_of  # noqa: E402
+from rlvr.config import ConfigError, load_config
+from rlvr.data import DataError, load_rows
+from rlvr.data.reasoning_gym import arg_problems, generate, split_of
 
 # two one-digit terms joined by + or -: exactly 200 distinct questions, so draws collide constantly
 SMALL = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}
