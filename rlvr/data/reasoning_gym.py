@@ -22,7 +22,8 @@ silent repeat.
 
 Each row is {"prompt": question, "answer": gold, "metadata": item metadata, "reasoning_gym":
 {"task", "config", "entry"}}: the untouched item (`entry`) and the config that made it travel with
-the row, so the `reasoning_gym` reward scores it with the task's own `score_answer`, in any process.
+the row (plain picklable data), so the `reasoning_gym` reward scores it with the task's own
+`score_answer` in any process.
 """
 
 from __future__ import annotations
@@ -60,15 +61,23 @@ def generate(task: str, *, split: str = "train", size: int = 500, seed: int = 0,
     budget = _MAX_DRAWS_PER_ROW * size + 1000
     config = _task_config(task, task_config)
     dataset = reasoning_gym.create_dataset(task, **config, seed=stream_seed, size=budget)
+    scorers = _scorer_configs(task, config, stream_seed, budget)
     rows: list[dict[str, Any]] = []
     seen: set[str] = set()
     for i in range(budget):
-        item = dataset[i]
+        try:
+            item = dataset[i]
+        except Exception as e:  # a generator bug or a config its validate() let through
+            raise DataError(f"{PREFIX}{task}: reasoning-gym failed on item {i} of seed {stream_seed} "
+                            f"({type(e).__name__}: {e})") from e
         question = item["question"]
         if question in seen or split_of(question, test_fraction) != split:
             continue
         seen.add(question)
-        rows.append(_row(task, item, config, stream_seed, budget))
+        sub_task = item["metadata"].get("source_dataset", task) if task == "composite" else task
+        scorer = {"task": sub_task, "config": scorers[sub_task], "entry": item}
+        rows.append({"prompt": question, "answer": item["answer"], "metadata": item["metadata"],
+                     "reasoning_gym": scorer})
         if len(rows) == size:
             return rows
     raise DataError(f"{PREFIX}{task}: only {len(rows)} distinct questions fall in the {split} split after {budget} "
@@ -106,21 +115,17 @@ def _task_config(task: str, task_config: dict[str, Any]) -> dict[str, Any]:
     return {**task_config, "datasets": specs}
 
 
-def _row(task: str, item: dict[str, Any], config: dict[str, Any], stream_seed: int, budget: int
-         ) -> dict[str, Any]:
-    """One row: the item for the prompt and the reward, and the config that builds its scorer again.
+def _scorer_configs(task: str, config: dict[str, Any], stream_seed: int, size: int) -> dict[str, dict[str, Any]]:
+    """{task: the config that rebuilds the dataset whose score_answer judges its items}, one dict
+    shared by all rows of that task.
 
-    A composite's item names its sub-task in metadata["source_dataset"]; the row records that task
-    with the config and seed CompositeDataset gave it, since its score_answer delegates there.
+    A composite's item names its sub-task in metadata["source_dataset"], and CompositeDataset's
+    score_answer delegates to that sub-dataset, built with the spec's config and seed + i + 1.
     """
-    config = {**config, "seed": stream_seed, "size": budget}
-    if task == "composite":
-        i, spec = next((i, s) for i, s in enumerate(config["datasets"])
-                       if s.name == item["metadata"]["source_dataset"])
-        task, config = spec.name, {"seed": stream_seed + i + 1, "size": budget, **spec.config}
-    scorer = {"task": task, "config": config, "entry": item}
-    return {"prompt": item["question"], "answer": item["answer"], "metadata": item["metadata"],
-            "reasoning_gym": scorer}
+    if task != "composite":
+        return {task: {**config, "seed": stream_seed, "size": size}}
+    return {spec.name: {"seed": stream_seed + i + 1, "size": size, **spec.config}
+            for i, spec in enumerate(config["datasets"])}
 
 
 # ---- checks -----------------------------------------------------------------------------------

@@ -132,3 +132,14 @@ def test_missing_package_says_how_to_install(monkeypatch):
     assert key == "path" and "pip install 'rlvr[tasks]'" in message
     with pytest.raises(DataError, match=r"reasoning-gym:chain_sum: path: needs the reasoning-gym package"):
         load_rows("reasoning-gym:chain_sum")
+
+
+def test_a_generator_that_raises_is_a_data_error_naming_the_item(monkeypatch):
+    from reasoning_gym.arithmetic.chain_sum import ChainSumDataset
+
+    def broken(self, idx):
+        raise KeyError("no such word list")
+
+    monkeypatch.setattr(ChainSumDataset, "__getitem__", broken)
+    with pytest.raises(DataError, match=r"reasoning-gym:chain_sum: reasoning-gym failed on item 0 .*KeyError"):
+        generate("chain_sum", size=3)
