@@ -15,21 +15,21 @@ Scores are the scorer's, in [0, 1]; some give partial credit (chain_sum: 0.5 for
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 from rlvr.registry import REWARD
 
-
-@functools.lru_cache(maxsize=64)
-def _scorer(task: str, config_key: str) -> Any:
-    """The task's dataset for one config (kept per process: some build tables or word lists)."""
-    import reasoning_gym
-
-    return reasoning_gym.create_dataset(task, **_CONFIGS[config_key])
+_DATASETS: dict[tuple[str, str], Any] = {}  # (task, repr of its config) -> dataset, per process
 
 
-_CONFIGS: dict[str, dict[str, Any]] = {}  # repr of a config -> the config, for the cache above
+def _dataset(task: str, config: dict[str, Any]) -> Any:
+    """The task's dataset for one config, built once per process (some load word lists or tables)."""
+    key = (task, repr(sorted(config.items())))
+    if key not in _DATASETS:
+        import reasoning_gym
+
+        _DATASETS[key] = reasoning_gym.create_dataset(task, **config)
+    return _DATASETS[key]
 
 
 def answer_of(completion: str, tag: str | None = "answer") -> str | None:
@@ -53,7 +53,5 @@ def reasoning_gym_score(prompt: str, completion: str, row: dict[str, Any], *, ta
     if not isinstance(scorer, dict) or not {"task", "config", "entry"} <= set(scorer):
         raise ValueError("row has no 'reasoning_gym' entry {task, config, entry}: this reward scores rows of a "
                          "reasoning-gym:<task> data source")
-    key = repr(sorted(scorer["config"].items()))
-    _CONFIGS.setdefault(key, scorer["config"])
-    dataset = _scorer(scorer["task"], key)
+    dataset = _dataset(scorer["task"], scorer["config"])
     return float(dataset.score_answer(answer_of(completion, tag), scorer["entry"]))
