@@ -143,3 +143,15 @@ def test_a_generator_that_raises_is_a_data_error_naming_the_item(monkeypatch):
     monkeypatch.setattr(ChainSumDataset, "__getitem__", broken)
     with pytest.raises(DataError, match=r"reasoning-gym:chain_sum: reasoning-gym failed on item 0 .*KeyError"):
         generate("chain_sum", size=3)
+
+
+@pytest.mark.parametrize("recipe", ["chain_sum-tiny.yaml", "smollm2-basic-arithmetic.yaml"])
+def test_shipped_recipes_read_disjoint_train_and_eval_rows(recipe):
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[3] / "recipes" / "reasoning_gym" / recipe
+    cfg = load_config(path)
+    loaded = [load_rows(ds.path, split=ds.split, synthetic_args=ds.args) for ds in (cfg.data.train, cfg.data.eval)]
+    (_, train), (_, test) = loaded
+    assert len(train) == cfg.data.train.args["size"] and len(test) == cfg.data.eval.args["size"]
+    assert not set(_questions(train)) & set(_questions(test))
