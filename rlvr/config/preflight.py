@@ -142,15 +142,20 @@ def model_problems(cfg: Config, base_dir: str | Path | None) -> list[str]:
 
 
 def source_problems(key: str, ds: DatasetConfig) -> list[str]:
-    """What is wrong with one dataset entry without reading anything: an unknown synthetic task,
-    arguments its generator does not take, or `args` on a source that is not synthetic (the usual
-    cause: a `base:` recipe's synthetic args under a derived recipe's own file)."""
+    """What is wrong with one dataset entry without reading anything: an unknown synthetic or
+    reasoning-gym task, arguments its generator does not take, or `args` on a source that generates
+    nothing (the usual cause: a `base:` recipe's synthetic args under a derived recipe's own file)."""
+    from rlvr.data import reasoning_gym
     from rlvr.data.synthetic import arg_problems
 
+    if ds.path.startswith(reasoning_gym.PREFIX):
+        task = ds.path.removeprefix(reasoning_gym.PREFIX)
+        return [f"{key}.{where}: {ds.path}: {msg}" if where == "path" else f"{key}.{where}: {msg}"
+                for where, msg in reasoning_gym.arg_problems(task, ds.args, ds.split)]
     if not ds.path.startswith("synthetic:"):
         if ds.args:
-            return [f"{key}.args: {ds.args} only apply to synthetic:<task> sources, but {key}.path is "
-                    f"{ds.path!r}; inherited from a base: recipe? drop them with {key}.args: {{}}"]
+            return [f"{key}.args: {ds.args} only apply to synthetic:<task> sources (and reasoning-gym:<task>), "
+                    f"but {key}.path is {ds.path!r}; inherited from a base: recipe? drop them with {key}.args: {{}}"]
         return []
     task = ds.path.removeprefix("synthetic:")
     problems = [f"{key}.path: synthetic:{task}: {msg}" if not arg else f"{key}.args.{arg}: {msg}"
@@ -161,12 +166,12 @@ def source_problems(key: str, ds: DatasetConfig) -> list[str]:
 
 
 def read_problems(key: str, ds: DatasetConfig, data: DataConfig, base_dir: str | Path | None) -> list[str]:
-    """Read one dataset as training will (files, synthetic rows; hub datasets are left to training)
+    """Read one dataset as training will (files, generated rows; hub datasets are left to training)
     and check every row's prompt and answer fields; at most one problem, naming file and row."""
     from rlvr.data import DataError, check_rows, load_rows
 
     path = ds.path
-    if not path.startswith("synthetic:"):
+    if not path.startswith(("synthetic:", "reasoning-gym:")):
         found = find_local(path, base_dir)
         if found is None:
             if Path(path).suffix.lower() in _DATA_SUFFIXES or looks_local(path, base_dir):

@@ -99,7 +99,8 @@ class ModelConfig(Section):
 class DatasetConfig(Section):
     path: str
     split: str | None = None
-    args: dict[str, Any] = Field(default_factory=dict, description="arguments of a synthetic:<task> source; "
+    args: dict[str, Any] = Field(default_factory=dict, description="arguments of a synthetic:<task> or "
+                                 "reasoning-gym:<task> source (size, seed, test_fraction, the task's config); "
                                  "`{}` or null in a derived recipe drops those of its base")
     limit: int | None = Field(None, ge=1, description="use only the first `limit` rows")
 

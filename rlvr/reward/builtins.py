@@ -19,8 +19,9 @@ from math_verify import parse, verify
 from rlvr.registry import REWARD
 
 # Rewards that run in worker processes unless a spec says otherwise: math-verify can spend seconds in
-# sympy on an adversarial completion, and the pool can kill a worker stuck in C code.
-ISOLATE = frozenset({"math"})
+# sympy on an adversarial completion, and the pool can kill a worker stuck in C code; reasoning-gym's
+# ~100 scorers are third-party code (some call sympy too).
+ISOLATE = frozenset({"math", "reasoning_gym"})
 
 
 class _DropMathVerifyTimeoutNotice(logging.Filter):

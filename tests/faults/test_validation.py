@@ -146,7 +146,8 @@ def test_derived_recipe_can_drop_its_bases_synthetic_args(tmp_path):
     own.write_text("base: base.yaml\ndata: {train: {path: data/train.jsonl}}\n")
     got = problems_of(own)
     assert len(got) == 1 and got[0].startswith(
-        "data.train.args: {'num_rows': 20, 'max_operand': 9} only apply to synthetic:<task> sources, "
+        "data.train.args: {'num_rows': 20, 'max_operand': 9} only apply to synthetic:<task> sources "
+        "(and reasoning-gym:<task>), "
         "but data.train.path is 'data/train.jsonl'"), got
     assert "data.train.args: {}" in got[0], got
     for value in ("{}", "null"):

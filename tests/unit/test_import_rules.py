@@ -70,6 +70,7 @@ HEAVY_HOMES: dict[str, tuple[str, ...]] = {
     "accelerate": ("learner/", "rollout/", "run/", "eval/", "loop.py"),
     "torch.distributed": ("learner/", "rollout/", "run/", "eval/", "loop.py"),
     "datasets": ("data/",),
+    "reasoning_gym": ("data/reasoning_gym.py", "reward/reasoning_gym.py"),
     "math_verify": ("reward/",),
     "matplotlib": ("metrics/plot.py",),
     "wandb": ("metrics/",),
