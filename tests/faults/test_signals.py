@@ -40,6 +40,20 @@ pytestmark = pytest.mark.faults
 LONG = "run.steps=100000"  # never reached: every run here is stopped by a signal
 
 
+@pytest.fixture(autouse=True)
+def ctrl_c_not_ignored():
+    """These tests press Ctrl-C. A test run started in the background by a non-interactive shell
+    (`nohup pytest &`, some CI runners) inherits an ignored SIGINT, which rlvr rightly keeps
+    ignored (and so does every child it starts): give the test process, and through it the runs
+    it starts, Python's own SIGINT handler, as a terminal session has, and put back what was there."""
+    before = signal.getsignal(signal.SIGINT)
+    if before == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("models")
@@ -191,3 +205,16 @@ def test_signal_reaching_one_of_two_processes_stops_both_at_the_same_step(tmp_pa
     assert (ckpt / "rng_rank0.pt").is_file() and (ckpt / "rng_rank1.pt").is_file(), log
     assert [p.name for p in (run_dir / "checkpoints").iterdir()] == [ckpt.name], log
     assert each_once(steps), steps
+
+
+def test_an_ignored_ctrl_c_stays_ignored():
+    """`rlvr train ... &` from a script: the shell ignores SIGINT for it, and rlvr keeps it so (the
+    terminal's Ctrl-C is not meant for a background job); SIGTERM still stops it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the autouse fixture puts the old handler back
+    with StopSignals(announce=False) as signals:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+        assert signals.received is None and signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)
+        assert signals.received == signal.SIGTERM
