@@ -58,7 +58,7 @@ def run_episodes(engine: Any, batch: PromptBatch, params: SamplingParams, env: E
     """Every sample of `batch` as an episode of `env`; returns the rollouts and the env/* metrics."""
     template = template or TurnTemplate(tokenizer)
     eos = set(getattr(engine, "eos_ids", None) or [tokenizer.eos_token_id])
-    closing = {t for t in eos if template.close and template.close.startswith(tokenizer.decode([t]))}
+    closing = set(template.closing_ids(tokenizer, eos))
     episodes = [_Episode(p, j, env.start(p.row)) for j, (p, g) in enumerate(zip(batch.prompts, batch.samples_per_prompt))
                 for _ in range(g)]
     gen_s = env_s = 0.0

@@ -46,3 +46,8 @@ class TurnTemplate:
             raise ValueError("the chat template renders earlier messages differently once later ones are added; "
                              "an environment needs a template that only appends (most do)")
         return ("" if closed else self.close) + after[len(before):]
+
+    def closing_ids(self, tokenizer: Any, eos_ids: Any) -> list[int]:
+        """The end-of-generation ids that also close an assistant turn in the template (ChatML:
+        <|im_end|>), in `eos_ids` order; [] without a template."""
+        return [t for t in eos_ids if self.close and self.close.startswith(tokenizer.decode([t]))]

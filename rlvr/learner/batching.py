@@ -61,8 +61,13 @@ class Batcher:
         n = len(batch.scored.rollouts)
         for _ in range(self.cfg.epochs_per_step):
             for rows in split_mini_batches(n, self.cfg.mini_batches_per_step, self.generator):
-                norm = self._norm(batch, rows)
-                yield self.equalise(pack(batch, rows, norm, self.cfg.micro_batch_tokens, self.cfg.pad_id))
+                yield self.optimiser_step(batch, rows)
+
+    def optimiser_step(self, batch: AdvantageBatch, rows: torch.Tensor) -> list[tuple[MicroBatch, float]]:
+        """The micro-batches of one optimiser step over `rows`, with the step's normalisers counted
+        over all processes (collective). Example: rows [0, 1, 2] of 3 samples -> every sample once."""
+        norm = self._norm(batch, rows)
+        return self.equalise(pack(batch, rows, norm, self.cfg.micro_batch_tokens, self.cfg.pad_id))
 
     def scoring(self, batch: AdvantageBatch, collective: bool) -> list[tuple[MicroBatch, float]]:
         """Every sample of `batch` once, for a pass without gradients (normalisers of 1).

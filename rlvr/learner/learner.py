@@ -32,7 +32,6 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
-from rlvr.buffer import pack
 from rlvr.learner import grad_norms, lora, shards, weights
 from rlvr.learner.batching import Batcher, BatchingConfig
 from rlvr.learner.distributed import SHARDED, global_sum, strategy_of
@@ -210,15 +209,13 @@ class Learner:
                              "beforehand and point model.path at the result")
         self.model.train()
         optimizer.zero_grad(set_to_none=True)
-        rows = torch.arange(len(batch.scored.rollouts))
-        norm = self.batcher._norm(batch, rows)
-        mbs = self.batcher.equalise(pack(batch, rows, norm, self.batcher.cfg.micro_batch_tokens, self.pad_id))
+        mbs = self.batcher.optimiser_step(batch, torch.arange(len(batch.scored.rollouts)))
         nll = 0.0
         for i, (mb, scale) in enumerate(mbs):
             last = i == len(mbs) - 1
             with self._accumulating(last):
-                logp, _ = response_logprobs(self.model, mb, 1.0)
-                loss = -(logp * mb.response_mask.to(logp.device)).sum() / max(norm.tokens, 1.0)
+                logp, _ = response_logprobs(self.model, mb, 1.0, chunk_tokens=self.chunk_tokens)
+                loss = -(logp * mb.response_mask.to(logp.device)).sum() / max(mb.norm.tokens, 1.0)
                 self._backward(loss * scale * self.acc.num_processes, last)
             nll += float(loss.detach()) * scale
         limit = self.optim.max_grad_norm if self.optim.max_grad_norm is not None else float("inf")

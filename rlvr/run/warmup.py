@@ -29,7 +29,7 @@ from rlvr.rollout.base import SamplingParams
 from rlvr.types import Prompt, PromptBatch, Rollouts, ScoredRollouts
 
 
-def demonstration_turns(row: dict[str, Any], column: str, where: str, multi_turn: bool) -> list[str]:
+def demonstration_turns(row: dict[str, Any], column: str, where: str, multi_turn: bool, max_turns: int) -> list[str]:
     """The model turns of one row's demonstration: `row[column]` as a list of non-empty strings.
 
     Example: {"demonstration": ["<tool_call>...</tool_call>", "85"]} -> both turns; "85" -> ["85"].
@@ -45,6 +45,9 @@ def demonstration_turns(row: dict[str, Any], column: str, where: str, multi_turn
     if len(turns) > 1 and not multi_turn:
         raise DataError(f"warmup.column: training row {where}: its demonstration has {len(turns)} turns but the recipe "
                         "has no env to answer between them; give one string per row, or set env")
+    if len(turns) > max_turns:
+        raise DataError(f"warmup.column: training row {where}: its demonstration has {len(turns)} turns, more than "
+                        f"rollout.max_turns ({max_turns}); RL could never play it")
     return turns
 
 
@@ -89,11 +92,8 @@ class Demonstrator:
 def end_of_turn_id(tokenizer: Any, eos_ids: Sequence[int]) -> int:
     """The token that ends a model turn: the end-of-generation id the chat template closes a turn
     with (ChatML: <|im_end|>), else the tokenizer's EOS."""
-    close = TurnTemplate(tokenizer).close
-    for t in eos_ids:
-        if close and close.startswith(tokenizer.decode([t])):
-            return t
-    return tokenizer.eos_token_id
+    closing = TurnTemplate(tokenizer).closing_ids(tokenizer, eos_ids)
+    return closing[0] if closing else tokenizer.eos_token_id
 
 
 def demonstrations(prompts: list[Prompt], tokenizer: Any, env: Any, *, column: str, end_id: int,
@@ -102,11 +102,9 @@ def demonstrations(prompts: list[Prompt], tokenizer: Any, env: Any, *, column: s
     there is one. Example: the calculator row "13+72=" -> response = call tokens, the tool's
     message (env_mask), "85" + <|im_end|>; response_mask on the call and the answer only."""
     # one uid per demonstration: a row drawn twice in a batch is two episodes
-    turns = {f"warmup#{i}": demonstration_turns(p.row, column, p.uid, env is not None) for i, p in enumerate(prompts)}
+    turns = {f"warmup#{i}": demonstration_turns(p.row, column, p.uid, env is not None, max_turns)
+             for i, p in enumerate(prompts)}
     prompts = [Prompt(f"warmup#{i}", p.text, p.token_ids, p.answer, p.row) for i, p in enumerate(prompts)]
-    if env is not None and (longest := max(len(t) for t in turns.values())) > max_turns:
-        raise DataError(f"warmup.column: a demonstration has {longest} turns, more than rollout.max_turns "
-                        f"({max_turns}); RL could never play it")
     engine = Demonstrator(tokenizer, turns, end_id, stop)
     batch = PromptBatch(prompts, [1] * len(prompts))
     params = SamplingParams(max_new_tokens=max_tokens)
@@ -129,8 +127,8 @@ def warm_up(run: Any) -> None:
     eos = getattr(run.engine, "eos_ids", None) or [run.tokenizer.eos_token_id]
     end_id = end_of_turn_id(run.tokenizer, eos)
     budget = r.max_episode_tokens or r.max_turns * r.max_new_tokens
-    demonstrations(rows[:1], run.tokenizer, run.env, column=w.column, end_id=end_id, stop=r.stop,
-                   max_turns=r.max_turns, max_tokens=budget)  # a bad column fails before any step
+    for p in rows:  # a bad demonstration anywhere in the budget fails before any step
+        demonstration_turns(p.row, w.column, p.uid, run.env is not None, r.max_turns)
     optimizer = torch.optim.AdamW([p for p in run.learner.model.parameters() if p.requires_grad], lr=w.lr)
     order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(run.cfg.run.seed)).tolist()
     share = w.batch_size // run.world
