@@ -27,10 +27,11 @@ def left_pad(seqs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tenso
     return ids, (torch.arange(width) >= torch.tensor([width - len(s) for s in seqs])[:, None]).long()
 
 
-def completions(model, tok, prompts: list[list[int]], n: int, max_new: int, greedy: bool = False):
+def completions(model, tok, prompts: list[list[int]], n: int, max_new: int, greedy: bool = False,
+                temperature: float = 1.0):
     ids, attn = left_pad([p for p in prompts for _ in range(n)], tok.pad_token_id)
     out = model.generate(input_ids=ids, attention_mask=attn, max_new_tokens=max_new, do_sample=not greedy,
-                         temperature=None if greedy else 1.0, top_p=None, top_k=None, pad_token_id=tok.pad_token_id)
+                         temperature=None if greedy else temperature, top_p=None, top_k=None, pad_token_id=tok.pad_token_id)
     return ids, attn, out[:, ids.shape[1]:]
 
 
@@ -42,6 +43,22 @@ def decode(tok, new: torch.Tensor) -> tuple[list[str], torch.Tensor]:
     mask = (torch.arange(new.shape[1]) <= last[:, None]).float()
     texts = [tok.decode(row[: int(n) + (0 if h else 1)], skip_special_tokens=True) for row, n, h in zip(new, last, has)]
     return texts, mask
+
+
+def update(model, opt, ids, attn, new, mask, r: torch.Tensor, max_grad_norm: float = 1.0) -> None:
+    """One GRPO step: group-normalised rewards r [prompts, G], token-mean policy gradient, AdamW."""
+    adv = ((r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + 1e-6)).flatten()
+    model.train()
+    full = torch.cat([ids, new], 1)
+    full_attn = torch.cat([attn, mask.long()], 1)
+    logits = model(input_ids=full, attention_mask=full_attn,
+                   position_ids=(full_attn.cumsum(1) - 1).clamp(min=0)).logits[:, ids.shape[1] - 1 : -1]
+    logp = torch.log_softmax(logits.float(), -1).gather(-1, new.unsqueeze(-1)).squeeze(-1)
+    loss = -(adv[:, None] * logp * mask).sum() / mask.sum()
+    opt.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    opt.step()
 
 
 def accuracy(model, tok, prompts, answers, max_new: int) -> float:
@@ -74,18 +91,7 @@ def run(model_dir: str, steps: int, prompts_per_step: int = 32, g: int = 8, max_
         texts, mask = decode(tok, new)
         gold = [train[i]["answer"] for i in batch for _ in range(g)]
         r = torch.tensor([float(t.strip() == a) for t, a in zip(texts, gold)]).view(-1, g)
-        adv = ((r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + 1e-6)).flatten()
-        model.train()
-        full = torch.cat([ids, new], 1)
-        full_attn = torch.cat([attn, mask.long()], 1)
-        logits = model(input_ids=full, attention_mask=full_attn,
-                       position_ids=(full_attn.cumsum(1) - 1).clamp(min=0)).logits[:, ids.shape[1] - 1 : -1]
-        logp = torch.log_softmax(logits.float(), -1).gather(-1, new.unsqueeze(-1)).squeeze(-1)
-        loss = -(adv[:, None] * logp * mask).sum() / mask.sum()
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        update(model, opt, ids, attn, new, mask, r)
         times.append(time.perf_counter() - t0)
         if eval_every and step % eval_every == 0:
             accs.append(accuracy(model, tok, test_ids, [t["answer"] for t in test], max_new))

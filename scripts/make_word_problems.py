@@ -129,7 +129,7 @@ def _split_counts(n: int) -> dict[str, int]:
     return {op: n // len(OPS) + (i < n % len(OPS)) for i, op in enumerate(OPS)}
 
 
-def generate(seed: int = 0, n_train: int = 2000, n_test: int = 150) -> tuple[list[dict], list[dict]]:
+def generate(seed: int = 0, n_train: int = 2000, n_test: int = 300) -> tuple[list[dict], list[dict]]:
     """Build (train, test) deterministically from ``seed``.
 
     Per op, the operand keys are shuffled and the first ones go to test (one row each); train
@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n-train", type=int, default=2000)
-    parser.add_argument("--n-test", type=int, default=150)
+    parser.add_argument("--n-test", type=int, default=300)
     parser.add_argument("--measure", metavar="MODEL_DIR",
                         help="instead of generating, report greedy accuracy on --out/test.jsonl")
     parser.add_argument("--limit", type=int, default=64, help="test rows for --measure")

@@ -43,7 +43,7 @@ def splits() -> dict[str, list[dict]]:
 
 def test_sizes_and_fields(splits: dict[str, list[dict]]) -> None:
     assert len(splits["train"]) == 2000
-    assert len(splits["test"]) == 150
+    assert len(splits["test"]) == 300
     for rows in splits.values():
         for row in rows:
             assert set(row) == {"question", "answer", "op", "a", "b"}
