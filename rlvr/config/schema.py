@@ -117,6 +117,10 @@ class DataConfig(Section):
     prompt_template: str | None = None
     system_prompt: str | None = None
     chat_template: bool = True
+    tool_schemas: bool = Field(True, description="with an env that has tools (tool_schemas()) and a chat template: "
+                               "the template gets the tools' JSON schemas as `tools=` and renders them as its model "
+                               "was trained to read them (Qwen: a <tools> block in the system turn); a template that "
+                               "ignores tools is unchanged. false: the prompt shows only your system_prompt")
     answer_field: str | None = "answer"
     max_prompt_tokens: int | None = Field(None, ge=1)
     on_bad_row: Literal["error", "skip"] = "error"

@@ -42,6 +42,7 @@ def build_prompts(
     answer_field: str | None = "answer",
     max_prompt_tokens: int | None = None,
     on_bad_row: Literal["error", "skip"] = "error",
+    tools: list[dict[str, Any]] | None = None,
 ) -> tuple[list[Prompt], dict[str, int]]:
     """Prompts of `rows`, uid f"{source}#{row index}", plus counts {"rows", "skipped", <reason>...}.
 
@@ -50,6 +51,7 @@ def build_prompts(
     the text becomes a user turn (after an optional system turn) rendered with the generation
     prompt, and is tokenised without adding special tokens again (the template already holds
     them). Otherwise the raw text is tokenised the tokenizer's usual way (a BOS if it adds one).
+    `tools` (JSON schemas of an environment's tools) go to the chat template as `tools=`.
 
     A bad row (see BAD_ROW_REASONS) raises DataError naming the first one and how many there are;
     with on_bad_row="skip" bad rows are dropped and counted.
@@ -65,7 +67,7 @@ def build_prompts(
         tokenizer, prompt_field, prompt_template, system_prompt, chat_template, on_bad_row
     )
     kept, bad = _templated(rows, prompt_field, prompt_template, answer_field)
-    texts = _render([text for _, text, _ in kept], tokenizer, system_prompt, use_chat)
+    texts = _render([text for _, text, _ in kept], tokenizer, system_prompt, use_chat, tools)
     token_ids = tokenizer(texts, add_special_tokens=not use_chat)["input_ids"] if texts else []
     prompts = []
     for (i, _, answer), text, ids in zip(kept, texts, token_ids):
@@ -183,10 +185,12 @@ def _first_problem(source: str, bad: list[tuple[int, str, str]]) -> str:
     return f"{source} row {i}: {message}{more}"
 
 
-def _render(texts: list[str], tokenizer: Any, system_prompt: str | None, use_chat: bool) -> list[str]:
+def _render(texts: list[str], tokenizer: Any, system_prompt: str | None, use_chat: bool,
+            tools: list[dict[str, Any]] | None = None) -> list[str]:
     """The exact strings the policy is conditioned on."""
     if not use_chat or not texts:
         return texts
     head = [{"role": "system", "content": system_prompt}] if system_prompt is not None else []
     conversations = [head + [{"role": "user", "content": text}] for text in texts]
-    return tokenizer.apply_chat_template(conversations, add_generation_prompt=True, tokenize=False)
+    extra = {"tools": tools} if tools else {}
+    return tokenizer.apply_chat_template(conversations, add_generation_prompt=True, tokenize=False, **extra)

@@ -20,6 +20,9 @@ defines `finish(states, ends) -> list[dict]`: called once per batch after every 
 record per episode (e.g. {"reward": 0.75, "metrics": {...}}) that joins the episode's record and
 reaches the rewards as `row["episode"]` (the `env` reward reads its "reward").
 
+An environment with tools may define `tool_schemas() -> list[dict]` (JSON schemas in OpenAI's
+function format); the prompts then pass them to the chat template as `tools=`.
+
 `ToolEnvironment` is the common case: named Python functions the model calls with the
 `<tool_call>` syntax (rlvr/env/tool_calls.py); a reply without a call is the final answer.
 """
@@ -32,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from rlvr.env.tool_calls import BadToolCall, ToolCall, parse_tool_calls
+from rlvr.env.tool_calls import BadToolCall, ToolCall, function_schema, parse_tool_calls
 
 
 @dataclass
@@ -134,6 +137,12 @@ class ToolEnvironment:
                     text, errors = f"error: {type(e).__name__}: {e}", errors + 1
             messages.append({"role": self.tool_role, "content": text})
         return Reply(messages, False, "", counts, errors, time.perf_counter() - t0)
+
+    def tool_schemas(self) -> list[dict[str, Any]]:
+        """Each tool's JSON schema (rlvr/env/tool_calls.py `function_schema`), which the prompts
+        hand to the chat template as `tools=` (`data.tool_schemas`), so a model reads its tools in
+        the form it was trained on (Qwen's <tools> block in the system turn, for one)."""
+        return [function_schema(name, fn) for name, fn in self.tools.items()]
 
     def run_tool(self, call: ToolCall) -> str:
         """The result text of one well-formed call (raises for an unknown tool or bad arguments)."""

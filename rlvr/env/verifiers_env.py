@@ -275,6 +275,16 @@ class Verifiers:
         return {"prompt": prompt, "answer": str(row.get(self.answer_field, "") or ""), "info": info,
                 "example_id": row.get("example_id", 0)}
 
+    def tool_schemas(self) -> list[dict[str, Any]]:
+        """The environment's tools in OpenAI's function format, for the chat template (`data.tool_schemas`):
+        `oai_tools` as verifiers up to 0.2 keeps them, or 0.3's provider-agnostic `tool_defs`
+        (name, description, parameters) in that format."""
+        if oai := getattr(self.env, "oai_tools", None):
+            return [dict(t) for t in oai]
+        return [{"type": "function", "function": {"name": t.name, "description": t.description,
+                                                  "parameters": dict(t.parameters)}}
+                for t in getattr(self.env, "tool_defs", None) or []]
+
     def start(self, row: dict[str, Any]) -> Episode:
         """Starts verifiers' rollout of the row; returns once it asks for the first model turn."""
         try:

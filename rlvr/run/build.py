@@ -16,6 +16,7 @@ from rlvr.config import Config
 from rlvr.config.load import reward_specs
 from rlvr.config.schema import DatasetConfig
 from rlvr.data import build_prompts, load_rows
+from rlvr.env.episodes import run_episodes
 from rlvr.learner import BatchingConfig, KLSettings, Learner, OptimConfig, distributed, lora
 from rlvr.learner.rollout_correction import rollout_is_weights
 from rlvr.registry import build_plugin
@@ -23,7 +24,7 @@ from rlvr.reward import RewardRunner
 from rlvr.rollout import HFEngine, RolloutEngine, SamplingParams
 from rlvr.rollout.base import NoEngine
 from rlvr.rollout.sync import default_tolerance
-from rlvr.types import Prompt
+from rlvr.types import Prompt, PromptBatch, Rollouts
 
 if TYPE_CHECKING:
     from rlvr.rollout.workers import WorkerSpec
@@ -96,9 +97,10 @@ def load_tokenizer(path: str | Path) -> Any:
     return tok
 
 
-def load_prompt_set(cfg: Config, ds: DatasetConfig, tokenizer: Any, base_dir: Path | None
+def load_prompt_set(cfg: Config, ds: DatasetConfig, tokenizer: Any, base_dir: Path | None, env: Any = None
                     ) -> tuple[list[Prompt], dict[str, int]]:
-    """One dataset of the recipe, templated and tokenised; also the row counts (skipped rows by reason)."""
+    """One dataset of the recipe, templated and tokenised; also the row counts (skipped rows by reason).
+    With `data.tool_schemas`, the tools of `env` (its `tool_schemas()`) are rendered into the prompts."""
     d = cfg.data
     source, rows = load_rows(ds.path, split=ds.split, base_dir=base_dir, synthetic_args=ds.args or None)
     if ds.limit is not None:
@@ -106,8 +108,23 @@ def load_prompt_set(cfg: Config, ds: DatasetConfig, tokenizer: Any, base_dir: Pa
     return build_prompts(
         rows, source, tokenizer, prompt_field=d.prompt_field, prompt_template=d.prompt_template,
         system_prompt=d.system_prompt, chat_template=d.chat_template, answer_field=d.answer_field,
-        max_prompt_tokens=d.max_prompt_tokens, on_bad_row=d.on_bad_row,
+        max_prompt_tokens=d.max_prompt_tokens, on_bad_row=d.on_bad_row, tools=tool_schemas(cfg, env),
     )
+
+
+def play_episodes(cfg: Config, engine: RolloutEngine, env: Any, tokenizer: Any, batch: PromptBatch,
+                  params: SamplingParams) -> tuple[Rollouts, dict[str, float]]:
+    """Every sample of `batch` as an episode of `env` (rlvr/env/episodes.py), within rollout.max_turns and
+    the episode's token budget (rollout.max_episode_tokens, default max_turns x max_new_tokens)."""
+    r = cfg.rollout
+    return run_episodes(engine, batch, params, env, tokenizer, max_turns=r.max_turns,
+                        max_tokens=r.max_episode_tokens or r.max_turns * r.max_new_tokens)
+
+
+def tool_schemas(cfg: Config, env: Any) -> list[dict[str, Any]] | None:
+    """The JSON schemas of the environment's tools for the chat template, when `data.tool_schemas`."""
+    schemas = getattr(env, "tool_schemas", None)
+    return schemas() or None if cfg.data.tool_schemas and callable(schemas) else None
 
 
 def make_reward_runner(cfg: Config, base_dir: Path | None) -> RewardRunner:
@@ -121,7 +138,7 @@ def make_reward_runner(cfg: Config, base_dir: Path | None) -> RewardRunner:
 
 
 def make_plugins(cfg: Config, prompts: list[Prompt], base_dir: Path | None = None) -> dict[str, Any]:
-    """sampler, allocator, advantage, policy_loss, aggregation and env (None without one), built from the plug-ins and kwargs
+    """sampler, allocator, advantage, policy_loss and aggregation, built from the plug-ins and kwargs
     that validation resolved and converted (`Plugin.target`, `Plugin.kwargs`): names resolve once,
     relative to the recipe, in `validate`; a plug-in that loads files of its own takes `base_dir` (the
     recipe's folder) to read relative paths the same way."""
@@ -143,8 +160,18 @@ def make_plugins(cfg: Config, prompts: list[Prompt], base_dir: Path | None = Non
         "aggregation": cfg.loss.aggregation,
     }
     built = {key: build_plugin(p.target, p.kwargs, context) for key, p in sections.items()}
-    env = build_plugin(cfg.env.target, cfg.env.kwargs, context) if cfg.env is not None else None
-    return {**built, "advantage": context["advantage"], "env": env}
+    return {**built, "advantage": context["advantage"]}
+
+
+def make_env(cfg: Config, base_dir: Path | None = None) -> Any:
+    """The environment of `env` (None without one). Built before the prompts, whose chat template may
+    render its tools, so its constructor may take base_dir, seed, samples_per_prompt, prompts_per_step
+    and max_new_tokens but nothing about the prompts."""
+    if cfg.env is None:
+        return None
+    context = {"base_dir": base_dir, "seed": cfg.run.seed, "samples_per_prompt": cfg.sampling.samples_per_prompt,
+               "prompts_per_step": cfg.sampling.prompts_per_step, "max_new_tokens": cfg.rollout.max_new_tokens}
+    return build_plugin(cfg.env.target, cfg.env.kwargs, context)
 
 
 def make_engine(cfg: Config, learner: Learner, tokenizer: Any, model_path: str | Path, acc: Accelerator

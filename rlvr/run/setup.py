@@ -22,7 +22,6 @@ from accelerate.utils import gather_object, set_seed
 
 from rlvr.config import Config, to_yaml
 from rlvr.config.preflight import check_prompt_lengths
-from rlvr.env.episodes import run_episodes
 from rlvr.eval.evaluate import evaluate
 from rlvr.learner import Learner
 from rlvr.learner.checkpoint import load_checkpoint_state, resolve_resume, save_checkpoint, set_rng_state
@@ -121,9 +120,7 @@ class Run:
 
     def run_episodes(self, batch: PromptBatch, params: SamplingParams) -> tuple[Rollouts, dict[str, float]]:
         """The episodes of `batch` and their env/* metrics, within rollout.max_turns and the token budget."""
-        r = self.cfg.rollout
-        return run_episodes(self.engine, batch, params, self.env, self.tokenizer, max_turns=r.max_turns,
-                            max_tokens=r.max_episode_tokens or r.max_turns * r.max_new_tokens)
+        return build.play_episodes(self.cfg, self.engine, self.env, self.tokenizer, batch, params)
 
     def checkpoint(self, step: int) -> Path:
         """Write the checkpoint of `step` (weights, optimiser, every plug-in's state, RNG); returns its folder."""
@@ -180,8 +177,9 @@ def setup(cfg: Config, base_dir: Path | None, acc: Accelerator, signals: StopSig
     lora = cfg.model.lora is not None
     weights = ckpt / "model" if ckpt and not lora else policy_path
     tokenizer = build.load_tokenizer(weights)
-    train_prompts, data_stats = build.load_prompt_set(cfg, cfg.data.train, tokenizer, base_dir)
-    eval_prompts = build.load_prompt_set(cfg, cfg.data.eval, tokenizer, base_dir)[0] if cfg.data.eval else []
+    env = build.make_env(cfg, base_dir)  # before the prompts: the chat template may show its tools
+    train_prompts, data_stats = build.load_prompt_set(cfg, cfg.data.train, tokenizer, base_dir, env)
+    eval_prompts = build.load_prompt_set(cfg, cfg.data.eval, tokenizer, base_dir, env)[0] if cfg.data.eval else []
     check_prompt_lengths(cfg, weights, train_prompts, eval_prompts)
     model = build.load_model(weights, cfg, adapter=ckpt / "adapter" if ckpt and lora else None)
     ref_model = build.load_model(cfg.model.ref_path or policy_path, cfg, trainable=False) \
@@ -203,7 +201,7 @@ def setup(cfg: Config, base_dir: Path | None, acc: Accelerator, signals: StopSig
         logger=None,  # type: ignore[arg-type]
         alarms=Alarms(cfg.alarms),
         stratum_fn=load_object(cfg.rollout.stratum, base_dir) if cfg.rollout.stratum else None,
-        sync_every=sync_every, sync_tolerance=sync_tolerance, checkpoint_dir=ckpt, env=plugins["env"],
+        sync_every=sync_every, sync_tolerance=sync_tolerance, checkpoint_dir=ckpt, env=env,
     )
     if cfg.rollout.mode == "disaggregated":
         run.pipeline = make_pipeline(run)

@@ -177,3 +177,41 @@ def test_ten_thousand_prompts_in_one_batch(tok):
     assert len(prompts) == 10_000 and prompts[-1].uid == "synthetic:mod_sum:train#9999"
     last = prompts[-1]
     assert last.token_ids == tok(last.text, add_special_tokens=False).input_ids
+
+
+# a chat template that shows tools the way Qwen's does: a <tools> block of JSON schemas before the turns
+TOOLS_TEMPLATE = (
+    "{% if tools %}<|im_start|>system\n<tools>{% for t in tools %}\n{{ t | tojson }}{% endfor %}\n</tools><|im_end|>\n"
+    "{% endif %}{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def test_tool_schemas_reach_the_chat_template():
+    tok = build_tiny_tokenizer()
+    tok.chat_template = TOOLS_TEMPLATE
+    schema = {"type": "function", "function": {"name": "add", "description": "Add.", "parameters": {}}}
+    (with_tools,), _ = build_prompts([{"prompt": "1+2=", "answer": "3"}], "toy", tok, tools=[schema])
+    (plain,), _ = build_prompts([{"prompt": "1+2=", "answer": "3"}], "toy", tok)
+    block = '<|im_start|>system\n<tools>{"type": "function", "function": {"name": "add", "description": "Add.", ' \
+            '"parameters": {}}}</tools><|im_end|>\n'  # (transformers' Jinja trims a newline after a block tag)
+    assert with_tools.text == block + plain.text
+    assert with_tools.token_ids == tok(with_tools.text, add_special_tokens=False).input_ids
+    assert plain.text == "<|im_start|>user\n1+2=<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_a_recipes_env_tools_are_in_its_prompts_unless_turned_off():
+    from pathlib import Path
+
+    from rlvr.config import load_config
+    from rlvr.run import build
+
+    recipe = Path(__file__).resolve().parents[3] / "recipes" / "agents" / "calculator.yaml"
+    tok = build_tiny_tokenizer()
+    tok.chat_template = TOOLS_TEMPLATE
+    texts = {}
+    for shown in (True, False):
+        cfg = load_config(recipe, ["data.train.args.num_rows=2", f"data.tool_schemas={str(shown).lower()}"])
+        prompts, _ = build.load_prompt_set(cfg, cfg.data.train, tok, recipe.parent, build.make_env(cfg, recipe.parent))
+        texts[shown] = prompts[0].text
+    assert texts[True].startswith('<|im_start|>system\n<tools>{"type": "function", "function": {"name": "calculator"')
+    assert texts[True].endswith(texts[False]) and "<tools>" not in texts[False]

@@ -4,6 +4,7 @@ import threading
 
 from rlvr.env import BadToolCall, ToolCall, ToolEnvironment, format_tool_call, parse_tool_calls
 from rlvr.env.calculator import Calculator, evaluate
+from rlvr.env.tool_calls import function_schema
 
 
 def test_well_formed_calls_in_order_with_text_around_them():
@@ -101,3 +102,33 @@ def test_the_worked_environment_in_the_docs_runs():
         assert env.respond(state, "I say 1").messages == [{"role": "user", "content": "higher"}]
     done = env.respond(state, f"it is {secret}")
     assert done.done and done.reason == "found"
+
+
+def test_a_tool_schema_has_json_types_required_parameters_and_documented_arguments():
+    def lookup(query: str, k: int | None = None, tags: list[str] | None = None, scale: float = 1.0,
+               exact: bool = False, anything=None, either: int | str = 0, *rest, **more) -> str:
+        """Find documents.
+
+        Longer text that the model is not shown.
+
+        Args:
+            query: the words to look for
+            k (int): at most this many
+        """
+        return ""
+
+    assert function_schema("lookup", lookup) == {"type": "function", "function": {
+        "name": "lookup", "description": "Find documents.",
+        "parameters": {"type": "object", "required": ["query"], "properties": {
+            "query": {"type": "string", "description": "the words to look for"},
+            "k": {"type": "integer", "description": "at most this many"},
+            "tags": {"type": "array"}, "scale": {"type": "number"}, "exact": {"type": "boolean"},
+            "anything": {}, "either": {}}}}}
+
+
+def test_tool_environments_describe_each_tool_they_run():
+    (calc,) = Calculator().tool_schemas()
+    assert calc["function"]["name"] == "calculator"
+    assert calc["function"]["parameters"] == {"type": "object", "properties": {"expression": {"type": "string"}},
+                                              "required": ["expression"]}
+    assert calc["function"]["description"] == evaluate.__doc__.splitlines()[0]

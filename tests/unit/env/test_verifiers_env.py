@@ -226,3 +226,14 @@ def test_a_recipe_with_a_verifiers_env_validates_and_a_misspelt_key_is_named(tmp
     assert cfg.env.name == "verifiers" and cfg.env.kwargs["args"] == {"max_turns": 2}
     with pytest.raises(ConfigError, match="env.enviroment"):
         load_config(recipe, ["env={name: verifiers, enviroment: 'x.py:f'}"])
+
+
+@needs_verifiers
+def test_a_tool_envs_tools_are_offered_to_the_chat_template_in_openai_form():
+    (schema,) = Verifiers(f"{ENVS}:load_tools").tool_schemas()
+    assert schema["type"] == "function" and schema["function"]["name"] == "multiply"
+    assert schema["function"]["description"].startswith("Multiplies two integers")
+    params = schema["function"]["parameters"]
+    assert set(params["properties"]) == {"a", "b"} and params["properties"]["a"]["type"] == "integer"
+    assert sorted(params["required"]) == ["a", "b"]
+    assert Verifiers(f"{ENVS}:load_guess").tool_schemas() == []  # a multi-turn env without tools

@@ -119,3 +119,33 @@ def test_warmup_is_refused_under_deepspeed_by_name(tmp_path):
     assert "warmup.steps: the warm-up needs an optimiser of its own" in str(e.value)
     raw["learner"]["strategy"] = "ddp"
     assert validate(raw, tmp_path).warmup.steps == 5
+
+
+def test_rlvr_eval_plays_the_recipes_episodes(tiny_model_dir, monkeypatch):
+    """`rlvr eval` (eval_model) on an agent recipe scores whole episodes, as the run's own evaluation
+    does: a policy that calls the calculator and then answers is right only when the tool answers
+    between its turns; with `env: null` its first turn (the call) is all that is scored."""
+    from pathlib import Path
+
+    from rlvr.config import load_config
+    from rlvr.eval import standalone
+    from rlvr.run import build
+    from rlvr.run.warmup import Demonstrator
+
+    recipe = Path(__file__).resolve().parents[3] / "recipes" / "agents" / "calculator.yaml"
+    overrides = ["data.eval.args.num_rows=4", f"model.path={tiny_model_dir}"]
+
+    def accuracy(extra):
+        cfg = load_config(recipe, overrides + extra)
+        tok = build.load_tokenizer(tiny_model_dir)
+        prompts, _ = build.load_prompt_set(cfg, cfg.data.eval, tok, recipe.parent, build.make_env(cfg, recipe.parent))
+        turns = {p.uid: p.row["demonstration"] for p in prompts}
+        scripted = Demonstrator(tok, turns, end_id(tok), cfg.rollout.stop)
+        monkeypatch.setattr(standalone, "HFEngine", lambda *a, **k: scripted)
+        out = standalone.eval_model(tiny_model_dir, cfg, recipe.parent)
+        return out["eval/accuracy"], scripted.played
+
+    acc, played = accuracy([])
+    assert acc == 1.0 and set(played.values()) == {2}  # the call, then the answer after the tool's reply
+    acc, played = accuracy(["env=null", "rollout.max_turns=1"])
+    assert acc == 0.0 and set(played.values()) == {1}
