@@ -25,6 +25,7 @@ from pydantic import Field
 from rlvr.data.errors import DataError
 from rlvr.data.sources import iter_jsonl
 from rlvr.env.base import ToolEnvironment
+from rlvr.env.tool_calls import format_tool_call
 from rlvr.registry import ENV
 
 _WORD = re.compile(r"\w+")
@@ -109,7 +110,8 @@ def make_world(num_people: int = 40, seed: int = 0) -> tuple[list[dict[str, str]
     with a founder. Questions: "Who founded <org>?" (1 hop: the org's document names the founder),
     "In which city was <person> born?" (1 hop), "In what year was the founder of <org> born?"
     (2 hops: the founder, then the founder's birth year). Each question row has "prompt",
-    "answer" and "hops".
+    "answer", "hops" and "demonstration": the model turns of a worked episode (one search per hop,
+    then the answer), which `warmup` imitates.
 
     Example document: {"id": "person-3", "text": "Cleo Marr was born in Caldor in 1871."}
     """
@@ -121,12 +123,18 @@ def make_world(num_people: int = 40, seed: int = 0) -> tuple[list[dict[str, str]
             for i, p in enumerate(people)]
     docs += [{"id": f"org-{i}", "text": f"{o['name']} was founded by {o['founder']['name']} in {o['city']}."}
              for i, o in enumerate(orgs)]
+    def row(prompt: str, answer: str, *queries: str) -> dict[str, Any]:
+        # a worked episode for `warmup`: the searches an agent needs, then the answer alone
+        turns = [format_tool_call("search", {"query": q}) for q in queries] + [answer]
+        return {"prompt": prompt, "answer": answer, "hops": len(queries), "demonstration": turns}
+
     questions: list[dict[str, Any]] = []
     for o in orgs:
-        questions.append({"prompt": f"Who founded {o['name']}?", "answer": o["founder"]["name"], "hops": 1})
-        questions.append({"prompt": f"In what year was the founder of {o['name']} born?",
-                          "answer": str(o["founder"]["year"]), "hops": 2})
+        founder = o["founder"]["name"]
+        questions.append(row(f"Who founded {o['name']}?", founder, f"{o['name']} founded"))
+        questions.append(row(f"In what year was the founder of {o['name']} born?", str(o["founder"]["year"]),
+                             f"{o['name']} founded", f"{founder} born"))
     for p in people:
-        questions.append({"prompt": f"In which city was {p['name']} born?", "answer": p["city"], "hops": 1})
+        questions.append(row(f"In which city was {p['name']} born?", p["city"], f"{p['name']} born"))
     rng.shuffle(questions)
     return docs, questions

@@ -53,3 +53,24 @@ def test_a_bad_collection_row_is_named(tmp_path):
     path.write_text('{"id": "a", "text": "fine"}\nnot json\n')
     with pytest.raises(ValueError, match=r"docs.jsonl line 2: invalid JSON"):
         read_collection(path)
+
+
+def test_each_demonstration_finds_its_answer_with_the_real_tool(tmp_path):
+    """The worked episodes `warmup` imitates: one search per hop, each call runs, and the answer
+    turn is text the tool really returned (the last search's documents hold it)."""
+    docs, questions = make_world(40, seed=0)
+    path = tmp_path / "docs.jsonl"
+    path.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    env = ENV.get("search")(collection=str(path), k=2)
+    for q in questions:
+        *calls, answer = q["demonstration"]
+        assert answer == q["answer"] and len(calls) == q["hops"]
+        seen = []
+        for call in calls:
+            reply = env.respond(None, call)
+            assert reply.tool_calls == {"search": 1} and reply.tool_errors == 0, (q, call)
+            seen.append(reply.messages[0]["content"])
+        assert answer in seen[-1], (q, seen)
+        if q["hops"] == 2:  # the first search names the founder, whose name the second query uses
+            founder = seen[0].split(" was founded by ")[1].split(" in ")[0]
+            assert founder in calls[1] and answer not in seen[0]
