@@ -69,7 +69,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=60, help="RL steps per run")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--estimators", nargs="+", default=["grpo", "stratified"])
-    p.add_argument("--people", type=int, default=80, help="people in the fictional world (questions grow with it)")
+    p.add_argument("--people", type=int, default=300, help="people in the fictional world (questions grow with it)")
     p.add_argument("--out", default="runs/bench-search")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override, every run")
     args = p.parse_args()
@@ -87,8 +87,9 @@ def main() -> None:
                         f"warmup.steps={args.warmup_steps}", "warmup.column=demonstration", "warmup.batch_size=32",
                         "warmup.lr=1e-3", "run.steps=1", "eval.every=1"])
     start = warm / "checkpoints" / "step_0000001" / "model"
+    first = lambda key: next((r[key] for r in rows if key in r), float("nan"))
     print(f"warm-up: {args.warmup_steps} steps in {time.perf_counter() - t0:.0f} s; held-out accuracy "
-          f"{rows[0].get('eval/accuracy', float('nan')):.3f} after it; loss {rows[0].get('warmup/loss', float('nan')):.4f}")
+          f"{first('eval/accuracy'):.3f} after it; final loss {first('warmup/loss'):.4f}", flush=True)
     cols = ["start acc", "end acc", "reward first10", "reward last10", "searches", "strata bias"]
     print(f"{'estimator':11} {'seed':>4} " + " ".join(f"{c:>14}" for c in cols) + f" {'wall s':>7}", flush=True)
     results: dict[str, list[dict[str, float]]] = {}

@@ -11,6 +11,7 @@ any override given to rlvr. Weights are saved at each mark; afterwards one evalu
     make smollm2                                                   # once: models/smollm2-135m-instruct
     python benchmarks/smollm2.py                                   # 30 minutes per arm, 300 held-out
     python benchmarks/smollm2.py --minutes 5 --marks 5 --heldout 64 --set learner.lr=2e-5
+    python benchmarks/smollm2.py --stages "learner.logprob_chunk_tokens=0" "rollout.engine=hf"   # step times
 
 rlvr runs as `rlvr train` in its own process (vLLM engine by default, as in
 recipes/vllm/smollm2-wordproblems.yaml); when the budget is spent the benchmark sends SIGUSR1, the
@@ -139,6 +140,26 @@ def heldout_accuracy(model_dir: str, cfg, rows: list[dict]) -> tuple[float, floa
     return statistics.fmean(gsm8k_number("", o, r) for o, r in zip(outs, rows)), statistics.fmean(lengths)
 
 
+def stage_times(recipe: str, variants: list[str], steps: int, out: Path, log, common: list[str]) -> None:
+    """Where one rlvr step's time goes: `steps` steps of the recipe as it is and with each variant
+    (space-separated overrides), median seconds per stage over the steps after the first."""
+    log("\n| variant | step s | rollout s | learn s | sync s | reward |\n|---|---|---|---|---|---|")
+    for i, variant in enumerate(["", *variants]):
+        run_dir = out / f"stages-{i}"
+        cmd = [sys.executable, "-m", "rlvr", "train", recipe, f"run.output_dir={run_dir}", f"run.steps={steps}",
+               "run.resume=never", "eval.every=0", "eval.at_start=false", "checkpoint.every=0",
+               "checkpoint.at_end=false", "metrics.plot=false", *common, *variant.split()]
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        if done.returncode:
+            log(f"| {variant or 'recipe'} | failed (exit {done.returncode}): {done.stderr.strip().splitlines()[-1]} |")
+            continue
+        rows = [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "perf/step_s" in r]
+        med = {k: statistics.median(r[f"perf/{k}_s"] for r in rows[1:]) for k in ("step", "rollout", "learn", "sync")}
+        reward = statistics.fmean(r["reward/total/mean"] for r in rows)
+        log(f"| {variant or 'recipe'} | {med['step']:.1f} | {med['rollout']:.1f} | {med['learn']:.1f} "
+            f"| {med['sync']:.2f} | {reward:.3f} |")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--recipe", default="recipes/vllm/smollm2-wordproblems.yaml")
@@ -148,6 +169,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--arms", default="rlvr,minimal")
     ap.add_argument("--out", default="runs/bench-smollm2")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override, both arms")
+    ap.add_argument("--stages", nargs="*", metavar="OVERRIDES",
+                    help="instead of the side-by-side: per-stage step times of the recipe and of each variant "
+                    "(space-separated overrides in one argument), --stage-steps steps each")
+    ap.add_argument("--stage-steps", type=int, default=5)
     args = ap.parse_args(argv)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -163,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     model_dir = str(ROOT / cfg.model.path)  # as `rlvr train` run from the repository root reads it
     train = read_rows((recipe.parent / cfg.data.train.path).resolve())
     test = read_rows((recipe.parent / cfg.data.eval.path).resolve())[: args.heldout]
+    if args.stages is not None:
+        stage_times(str(recipe), args.stages, args.stage_steps, out, log, args.set)
+        return 0
     budget = args.minutes * 60
     marks = sorted({float(m) * 60 for m in args.marks.split(",")} | {budget})
     log(f"model {model_dir}; {len(train)} train rows, {len(test)} held-out; budget {args.minutes} min; marks "

@@ -94,6 +94,50 @@ def call_with_timeout(fn: Callable[..., Any], kwargs: dict[str, Any], timeout_s:
     return box["value"]
 
 
+class ToolFailed(Exception):
+    """A tool run in its own process raised (the message names the error) or its process died."""
+
+
+def call_in_process(fn: Callable[..., Any], kwargs: dict[str, Any], timeout_s: float) -> Any:
+    """fn(**kwargs) in a fresh process (a fork of multiprocessing's fork server); raises ToolTimeout
+    after `timeout_s`, when the process is killed, so nothing of the call outlives it. `fn` and the
+    result are pickled: a module-level function (or a bound method of a picklable object); its
+    error comes back as ToolFailed("<Type>: <message>"), and so does a process that dies
+    (os._exit, a crash in C). Costs a process start per call (tens of ms once the fork server runs).
+    """
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["__main__", __name__])  # no effect once the fork server runs
+    receiver, sender = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_tool_process, args=(fn, kwargs, sender), name="rlvr-tool", daemon=True)
+    proc.start()
+    sender.close()
+    try:
+        if not receiver.poll(timeout_s):
+            raise ToolTimeout(f"the tool ran longer than {timeout_s:g} s (its process was killed)")
+        try:
+            ok, value = receiver.recv()
+        except EOFError:  # it died before it answered
+            proc.join(5.0)
+            raise ToolFailed(f"the tool's process died (exit code {proc.exitcode})") from None
+        if not ok:
+            raise ToolFailed(value)
+        return value
+    finally:
+        if proc.is_alive():
+            proc.kill()
+        proc.join(5.0)
+        receiver.close()
+
+
+def _tool_process(fn: Callable[..., Any], kwargs: dict[str, Any], conn: Any) -> None:
+    try:
+        conn.send((True, fn(**kwargs)))
+    except BaseException as e:  # told to the parent in words: the exception may not pickle
+        conn.send((False, f"{type(e).__name__}: {e}"))
+
+
 class ToolEnvironment:
     """Tools the model calls by name; a turn without a call is the answer and ends the episode.
 
@@ -102,14 +146,19 @@ class ToolEnvironment:
     unknown tool, wrong arguments or a tool that raises are answered with "error: ..." and counted
     in `tool_errors`; a tool that runs past `tool_timeout_s` ends the episode ("tool_timeout").
     Subclasses fill `tools` (name -> function of keyword arguments returning text).
+
+    `tool_process`: each call runs in a process of its own (`call_in_process`), which a timeout
+    kills and a crash cannot take the trainer down with; otherwise on a thread, which is cheap
+    but, timed out, is left running (Python cannot stop a thread).
     """
 
     tools: dict[str, Callable[..., Any]] = {}
     tool_role = "tool"
 
-    def __init__(self, tool_timeout_s: float = 10.0, max_calls_per_turn: int = 4):
+    def __init__(self, tool_timeout_s: float = 10.0, max_calls_per_turn: int = 4, tool_process: bool = False):
         self.tool_timeout_s = tool_timeout_s
         self.max_calls_per_turn = max_calls_per_turn
+        self.tool_process = tool_process
 
     def start(self, row: dict[str, Any]) -> Any:
         """No state of its own (a subclass may keep some)."""
@@ -131,8 +180,10 @@ class ToolEnvironment:
                     counts[call.name] = counts.get(call.name, 0) + 1
                 try:
                     text = self.run_tool(call)
-                except ToolTimeout:  # the episode ends cleanly; the tool's thread is left behind
+                except ToolTimeout:  # the episode ends cleanly (a thread is left behind, a process killed)
                     return Reply([], True, "tool_timeout", counts, errors + 1, time.perf_counter() - t0)
+                except ToolFailed as e:  # in its own process: the error as the process told it
+                    text, errors = f"error: {e}", errors + 1
                 except Exception as e:  # the model sees what went wrong and may try again
                     text, errors = f"error: {type(e).__name__}: {e}", errors + 1
             messages.append({"role": self.tool_role, "content": text})
@@ -149,4 +200,5 @@ class ToolEnvironment:
         fn = self.tools.get(call.name)
         if fn is None:
             raise LookupError(f"unknown tool {call.name!r}; the tools are {', '.join(sorted(self.tools))}")
-        return str(call_with_timeout(fn, call.arguments, self.tool_timeout_s))
+        run = call_in_process if self.tool_process else call_with_timeout
+        return str(run(fn, call.arguments, self.tool_timeout_s))

@@ -70,9 +70,9 @@ def _eval(node: ast.AST) -> int | float:
 
 @ENV.register("calculator")
 class Calculator(ToolEnvironment):
-    """The calculator tool; tool_timeout_s and max_calls_per_turn as in ToolEnvironment."""
+    """The calculator tool; tool_timeout_s, max_calls_per_turn and tool_process as in ToolEnvironment."""
 
     def __init__(self, tool_timeout_s: Annotated[float, Field(gt=0)] = 5.0,
-                 max_calls_per_turn: Annotated[int, Field(ge=1)] = 4):
-        super().__init__(tool_timeout_s, max_calls_per_turn)
+                 max_calls_per_turn: Annotated[int, Field(ge=1)] = 4, tool_process: bool = False):
+        super().__init__(tool_timeout_s, max_calls_per_turn, tool_process)
         self.tools = {"calculator": evaluate}

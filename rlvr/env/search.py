@@ -78,8 +78,8 @@ class Search(ToolEnvironment):
 
     def __init__(self, collection: str, k: Annotated[int, Field(ge=1, le=20)] = 3,
                  tool_timeout_s: Annotated[float, Field(gt=0)] = 10.0,
-                 max_calls_per_turn: Annotated[int, Field(ge=1)] = 2):
-        super().__init__(tool_timeout_s, max_calls_per_turn)
+                 max_calls_per_turn: Annotated[int, Field(ge=1)] = 2, tool_process: bool = False):
+        super().__init__(tool_timeout_s, max_calls_per_turn, tool_process)
         self.k = k
         self.index = BM25Index(read_collection(collection))
         self.tools = {"search": self.search}

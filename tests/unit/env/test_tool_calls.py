@@ -1,6 +1,10 @@
 """Tool calls read from a reply, and what a tool environment answers to each kind of call."""
 
+import functools
+import multiprocessing
+import os
 import threading
+import time
 
 from rlvr.env import BadToolCall, ToolCall, ToolEnvironment, format_tool_call, parse_tool_calls
 from rlvr.env.calculator import Calculator, evaluate
@@ -132,3 +136,29 @@ def test_tool_environments_describe_each_tool_they_run():
     assert calc["function"]["parameters"] == {"type": "object", "properties": {"expression": {"type": "string"}},
                                               "required": ["expression"]}
     assert calc["function"]["description"] == evaluate.__doc__.splitlines()[0]
+
+
+class InProcess(ToolEnvironment):
+    """Tools that hang, kill their process, raise, or work, each call in a process of its own."""
+
+    def __init__(self):
+        super().__init__(tool_timeout_s=1.0, tool_process=True)
+        self.tools = {"hang": functools.partial(time.sleep, 600), "die": functools.partial(os._exit, 3),
+                      "calculator": evaluate}
+
+
+def test_a_tool_in_its_own_process_is_killed_at_its_timeout_and_its_crash_is_an_error():
+    env = InProcess()
+    ok = env.respond(None, format_tool_call("calculator", {"expression": "12*7"}))
+    assert ok.messages == [{"role": "tool", "content": "84"}] and ok.tool_errors == 0
+    bad = env.respond(None, format_tool_call("calculator", {"expression": "12*"}))
+    assert bad.messages == [{"role": "tool", "content": "error: ValueError: cannot read '12*' as arithmetic"}]
+    died = env.respond(None, format_tool_call("die", {}))
+    assert not died.done and died.tool_errors == 1
+    assert died.messages == [{"role": "tool", "content": "error: the tool's process died (exit code 3)"}]
+    t0 = time.perf_counter()
+    hung = env.respond(None, format_tool_call("hang", {}))
+    assert hung.done and hung.reason == "tool_timeout" and hung.tool_errors == 1
+    assert time.perf_counter() - t0 < 10
+    # nothing of any call is left running (on a thread, the hanging call would be, for good)
+    assert not [p for p in multiprocessing.active_children() if p.name == "rlvr-tool"]
