@@ -98,12 +98,16 @@ class ToolFailed(Exception):
     """A tool run in its own process raised (the message names the error) or its process died."""
 
 
-def call_in_process(fn: Callable[..., Any], kwargs: dict[str, Any], timeout_s: float) -> Any:
+def call_in_process(fn: Callable[..., Any], kwargs: dict[str, Any], timeout_s: float,
+                    start_timeout_s: float = 120.0) -> Any:
     """fn(**kwargs) in a fresh process (a fork of multiprocessing's fork server); raises ToolTimeout
-    after `timeout_s`, when the process is killed, so nothing of the call outlives it. `fn` and the
-    result are pickled: a module-level function (or a bound method of a picklable object); its
-    error comes back as ToolFailed("<Type>: <message>"), and so does a process that dies
-    (os._exit, a crash in C). Costs a process start per call (tens of ms once the fork server runs).
+    when the call runs past `timeout_s`, and kills the process, so nothing of the call outlives it.
+    The clock starts once the process is up: the fork server's first start (it imports the
+    trainer's modules, seconds on a busy machine) is not the tool's time; a process that is not
+    up within `start_timeout_s` is a ToolFailed. `fn` and the result are pickled: a module-level
+    function (or a bound method of a picklable object); its error comes back as
+    ToolFailed("<Type>: <message>"), and so does a process that dies (os._exit, a crash in C).
+    Costs a process start per call (tens of ms once the fork server runs).
     """
     import multiprocessing
 
@@ -113,10 +117,14 @@ def call_in_process(fn: Callable[..., Any], kwargs: dict[str, Any], timeout_s: f
     proc = ctx.Process(target=_tool_process, args=(fn, kwargs, sender), name="rlvr-tool", daemon=True)
     proc.start()
     sender.close()
+
     try:
-        if not receiver.poll(timeout_s):
-            raise ToolTimeout(f"the tool ran longer than {timeout_s:g} s (its process was killed)")
+        if not receiver.poll(start_timeout_s):
+            raise ToolFailed(f"the tool's process did not start within {start_timeout_s:g} s")
         try:
+            receiver.recv()  # "started": the tool's own time begins
+            if not receiver.poll(timeout_s):
+                raise ToolTimeout(f"the tool ran longer than {timeout_s:g} s (its process was killed)")
             ok, value = receiver.recv()
         except EOFError:  # it died before it answered
             proc.join(5.0)
@@ -132,6 +140,7 @@ def call_in_process(fn: Callable[..., Any], kwargs: dict[str, Any], timeout_s: f
 
 
 def _tool_process(fn: Callable[..., Any], kwargs: dict[str, Any], conn: Any) -> None:
+    conn.send(None)  # up and unpickled: the caller's timeout starts now
     try:
         conn.send((True, fn(**kwargs)))
     except BaseException as e:  # told to the parent in words: the exception may not pickle

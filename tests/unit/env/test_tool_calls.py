@@ -6,7 +6,10 @@ import os
 import threading
 import time
 
+import pytest
+
 from rlvr.env import BadToolCall, ToolCall, ToolEnvironment, format_tool_call, parse_tool_calls
+from rlvr.env.base import ToolFailed, call_in_process
 from rlvr.env.calculator import Calculator, evaluate
 from rlvr.env.tool_calls import function_schema
 
@@ -150,7 +153,7 @@ class InProcess(ToolEnvironment):
 def test_a_tool_in_its_own_process_is_killed_at_its_timeout_and_its_crash_is_an_error():
     env = InProcess()
     ok = env.respond(None, format_tool_call("calculator", {"expression": "12*7"}))
-    assert ok.messages == [{"role": "tool", "content": "84"}] and ok.tool_errors == 0
+    assert (ok.reason, ok.messages, ok.tool_errors) == ("", [{"role": "tool", "content": "84"}], 0)
     bad = env.respond(None, format_tool_call("calculator", {"expression": "12*"}))
     assert bad.messages == [{"role": "tool", "content": "error: ValueError: cannot read '12*' as arithmetic"}]
     died = env.respond(None, format_tool_call("die", {}))
@@ -159,4 +162,19 @@ def test_a_tool_in_its_own_process_is_killed_at_its_timeout_and_its_crash_is_an_
     hung = env.respond(None, format_tool_call("hang", {}))  # sleeps 600 s unless killed at the 1 s timeout
     assert hung.done and hung.reason == "tool_timeout" and hung.tool_errors == 1
     # nothing of any call is left running (on a thread, the hanging call would be, for good)
+    assert not [p for p in multiprocessing.active_children() if p.name == "rlvr-tool"]
+
+
+class SlowToUnpickle:
+    """An argument that takes 1.5 s to arrive in the tool's process (as a cold fork server's start
+    does on a busy machine: importing the trainer's modules there once took over a second in CI)."""
+
+    def __reduce__(self):
+        return eval, ("__import__('time').sleep(1.5) or 'up'",)
+
+
+def test_a_tool_process_timeout_counts_from_its_start_not_from_the_fork_servers_start_up():
+    assert call_in_process(str, {"object": SlowToUnpickle()}, timeout_s=1.0) == "up"
+    with pytest.raises(ToolFailed, match="did not start within 0.5 s"):
+        call_in_process(str, {"object": SlowToUnpickle()}, timeout_s=1.0, start_timeout_s=0.5)
     assert not [p for p in multiprocessing.active_children() if p.name == "rlvr-tool"]
