@@ -9,7 +9,10 @@ searches. The `stratified` estimator normalises rewards inside strata of equal s
    episodes of the training questions (search, read, answer) for --warmup-steps, then takes one
    RL step; its exported weights are the common start of every arm.
 2. Each estimator trains from that start for --steps RL steps with each seed (same data order,
-   same sampling seed per seed, so the arms differ only in the advantages).
+   same sampling seed per seed, so the arms differ only in the advantages). The default arms:
+   grpo, pure SAN (alpha 1) and SAN blended half with the global normalisation (alpha 0.5): pure
+   SAN gives no signal for *whether* to search (that is the cross-stratum term it removes), the
+   blend keeps part of it.
 
     python benchmarks/search_strata.py [--warmup-steps 1500] [--steps 60] [--seeds 0 1 2]
 
@@ -63,12 +66,20 @@ def interval(values: list[float]) -> str:
     return f"{m:.3f} [{m - half:.3f}, {m + half:.3f}]"
 
 
+def advantage(estimator: str) -> str:
+    """The `advantage=` override for "name[,key=value...]": "stratified,alpha=0.5" ->
+    "{name: stratified, alpha: 0.5}"."""
+    name, *settings = estimator.split(",")
+    return "{" + ", ".join([f"name: {name}", *(s.replace("=", ": ", 1) for s in settings)]) + "}"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--warmup-steps", type=int, default=1500)
     p.add_argument("--steps", type=int, default=60, help="RL steps per run")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--estimators", nargs="+", default=["grpo", "stratified"])
+    p.add_argument("--estimators", nargs="+", default=["grpo", "stratified", "stratified,alpha=0.5"],
+                   help="advantage estimators, each a name with optional settings: stratified,alpha=0.5")
     p.add_argument("--people", type=int, default=300, help="people in the fictional world (questions grow with it)")
     p.add_argument("--out", default="runs/bench-search")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override, every run")
@@ -91,21 +102,21 @@ def main() -> None:
     print(f"warm-up: {args.warmup_steps} steps in {time.perf_counter() - t0:.0f} s; held-out accuracy "
           f"{first('eval/accuracy'):.3f} after it; final loss {first('warmup/loss'):.4f}", flush=True)
     cols = ["start acc", "end acc", "reward first10", "reward last10", "searches", "strata bias"]
-    print(f"{'estimator':11} {'seed':>4} " + " ".join(f"{c:>14}" for c in cols) + f" {'wall s':>7}", flush=True)
+    print(f"{'estimator':22} {'seed':>4} " + " ".join(f"{c:>14}" for c in cols) + f" {'wall s':>7}", flush=True)
     results: dict[str, list[dict[str, float]]] = {}
-    for estimator in args.estimators:
-        for seed in args.seeds:
+    for seed in args.seeds:  # seed by seed, so a cut-short run still compares the estimators on equal seeds
+        for estimator in args.estimators:
             t = time.perf_counter()
-            rows = train(out / f"{estimator}-{seed}", [*common, f"model.path={start}", "warmup.steps=0",
-                                                       f"advantage={{name: {estimator}}}", f"run.seed={seed}",
-                                                       f"run.steps={args.steps}", f"eval.every={args.steps}"])
+            rows = train(out / f"{estimator.replace(',', '-').replace('=', '')}-{seed}",
+                         [*common, f"model.path={start}", "warmup.steps=0", f"advantage={advantage(estimator)}",
+                          f"run.seed={seed}", f"run.steps={args.steps}", f"eval.every={args.steps}"])
             r = summary(rows)
             results.setdefault(estimator, []).append(r)
-            print(f"{estimator:11} {seed:>4} " + " ".join(f"{r[c]:>14.3f}" for c in cols)
+            print(f"{estimator:22} {seed:>4} " + " ".join(f"{r[c]:>14.3f}" for c in cols)
                   + f" {time.perf_counter() - t:>7.0f}", flush=True)
     print(f"\nmean over seeds {args.seeds}, 95% t-interval")
     for estimator, rs in results.items():
-        print(f"{estimator:11} end acc {interval([r['end acc'] for r in rs])}   reward last10 "
+        print(f"{estimator:22} end acc {interval([r['end acc'] for r in rs])}   reward last10 "
               f"{interval([r['reward last10'] for r in rs])}")
 
 

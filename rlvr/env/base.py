@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from rlvr.env.tool_calls import BadToolCall, ToolCall, function_schema, parse_tool_calls
+from rlvr.processes import child_context
 
 
 @dataclass
@@ -100,7 +101,7 @@ class ToolFailed(Exception):
 
 def call_in_process(fn: Callable[..., Any], kwargs: dict[str, Any], timeout_s: float,
                     start_timeout_s: float = 120.0) -> Any:
-    """fn(**kwargs) in a fresh process (a fork of multiprocessing's fork server); raises ToolTimeout
+    """fn(**kwargs) in a fresh process (rlvr/processes.py: a fork of the fork server); raises ToolTimeout
     when the call runs past `timeout_s`, and kills the process, so nothing of the call outlives it.
     The clock starts once the process is up: the fork server's first start (it imports the
     trainer's modules, seconds on a busy machine) is not the tool's time; a process that is not
@@ -109,10 +110,7 @@ def call_in_process(fn: Callable[..., Any], kwargs: dict[str, Any], timeout_s: f
     ToolFailed("<Type>: <message>"), and so does a process that dies (os._exit, a crash in C).
     Costs a process start per call (tens of ms once the fork server runs).
     """
-    import multiprocessing
-
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["__main__", __name__])  # no effect once the fork server runs
+    ctx = child_context(__name__)
     receiver, sender = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_tool_process, args=(fn, kwargs, sender), name="rlvr-tool", daemon=True)
     proc.start()

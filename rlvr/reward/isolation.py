@@ -38,8 +38,6 @@ import atexit
 import contextlib
 import faulthandler
 import math
-import multiprocessing
-import multiprocessing.util
 import os
 import re
 import shutil
@@ -56,6 +54,7 @@ from typing import Any
 from weakref import WeakSet
 
 import rlvr.reward.builtins  # noqa: F401  (registers the built-ins that workers resolve by name)
+from rlvr.processes import child_context
 from rlvr.registry import REWARD
 from rlvr.reward.call import FAILED, OK, TIMED_OUT, Job, Outcome, RewardError, evaluate, timeout_cause
 
@@ -303,15 +302,6 @@ class _Worker:
         return self.progress[0], int(self.progress[1])
 
 
-def _context() -> Any:
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("spawn")
-    ctx = multiprocessing.get_context("forkserver")
-    # No effect once the fork server runs; then each worker imports this module itself.
-    ctx.set_forkserver_preload(["__main__", __name__])
-    return ctx
-
-
 _live_pools: WeakSet[WorkerPool] = WeakSet()
 
 
@@ -343,7 +333,7 @@ class WorkerPool:
         """Launch the workers without waiting for them, so that they load while the trainer sets
         up; the first submit waits until they are ready (and raises what went wrong)."""
         if not self._workers:
-            ctx = _context()
+            ctx = child_context(__name__)
             self._workers = [self._launch(ctx) for _ in range(self._size)]
             _live_pools.add(self)
 
@@ -447,7 +437,7 @@ class WorkerPool:
         """Stop a worker and launch a fresh one in the same record; it takes work once it is ready
         (the step goes on with the other workers meanwhile)."""
         self._stop(w, wait_s=0.0)
-        fresh = self._launch(_context())
+        fresh = self._launch(child_context(__name__))
         w.process, w.conn, w.crash_log, w.launched_at = fresh.process, fresh.conn, fresh.crash_log, fresh.launched_at
         w.progress, w.ready, w.chunk = fresh.progress, False, None
 

@@ -38,13 +38,13 @@ ALLOWED: dict[str, frozenset[str]] = {
                       "errors"}),
     "eval": frozenset({"rollout", "reward", "metrics", "types", "errors"}),
     # stage 1 of a multi-turn run: plays episodes through any engine's generate
-    "env": frozenset({"rollout", "data", "registry", "types", "errors"}),  # data: a collection's JSON-lines reader
+    "env": frozenset({"rollout", "data", "processes", "registry", "types", "errors"}),  # data: a collection's JSON-lines reader
     # config asks the learner which strategy a launch will run (plug-ins that need whole gradients)
     "config": frozenset({"data", "models", "reward", "learner", "registry", "types", "errors"}),
     # SPO's sampler draws by the success estimates the SPO estimator's tracker keeps.
     "sampling": frozenset({"advantage", "metrics", "registry", "types", "errors"}),
     "rollout": frozenset({"metrics", "types", "errors"}),
-    "reward": frozenset({"metrics", "registry", "types", "errors"}),
+    "reward": frozenset({"metrics", "processes", "registry", "types", "errors"}),
     "advantage": frozenset({"metrics", "registry", "types", "errors"}),
     "buffer": frozenset({"types"}),
     "learner": frozenset({"buffer", "metrics", "registry", "types", "errors"}),
@@ -52,6 +52,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "models": frozenset(),
     "metrics": frozenset({"types", "errors"}),
     "registry": frozenset({"errors"}),
+    "processes": frozenset(),
     "types": frozenset(),
     "errors": frozenset(),
 }
