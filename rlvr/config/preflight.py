@@ -271,17 +271,50 @@ def check_prompt_lengths(cfg: Config, model_path: str | Path, train: list[Prompt
         raise ConfigError(problems, source)
 
 
+def env_context(cfg: Config, base_dir: str | Path | None) -> dict[str, Any]:
+    """What an environment's constructor may take besides its own `env:` settings (the same for
+    training, `rlvr eval` and this check)."""
+    return {"base_dir": base_dir, "seed": cfg.run.seed, "samples_per_prompt": cfg.sampling.samples_per_prompt,
+            "prompts_per_step": cfg.sampling.prompts_per_step, "max_new_tokens": cfg.rollout.max_new_tokens}
+
+
+def tool_schemas(cfg: Config, env: Any) -> list[dict[str, Any]] | None:
+    """The JSON schemas of the environment's tools for the chat template, when `data.tool_schemas`."""
+    schemas = getattr(env, "tool_schemas", None)
+    return schemas() or None if cfg.data.tool_schemas and callable(schemas) else None
+
+
+def _prompt_tools(cfg: Config, base_dir: str | Path | None) -> list[dict[str, Any]] | None:
+    """The tools training's prompts will show, from the env built as training builds it."""
+    if cfg.env is None or not cfg.data.tool_schemas:
+        return None
+    from rlvr.registry import build_plugin
+
+    env = build_plugin(cfg.env.target, cfg.env.kwargs, env_context(cfg, base_dir))
+    try:
+        return tool_schemas(cfg, env)
+    finally:
+        close = getattr(env, "close", None)
+        if callable(close):
+            close()
+
+
 def local_context_problems(cfg: Config, base_dir: str | Path | None) -> list[str]:
     """The context check for `rlvr config validate`, when the tokenizer and the model's config can
     be had without downloading or building anything heavy: a local (or hub-cached) model folder,
     or the tiny model `model.build_tiny` would build (its tokenizer is built in memory). Otherwise
-    nothing is checked here; training checks after its tokenizer loads."""
+    nothing is checked here; training checks after its tokenizer loads. With an env whose tools the
+    prompts show (`data.tool_schemas`), the env is built to render them, as training does."""
     loaded = _tokenizer_and_context(cfg, base_dir)
     if loaded is None:
         return []
     tokenizer, max_positions = loaded
     from rlvr.data import DataError, build_prompts, load_rows
 
+    try:
+        tools = _prompt_tools(cfg, base_dir)
+    except Exception as e:  # the env's own error, named; training would meet it first thing
+        return [f"env: {cfg.env.name if cfg.env else ''} could not be built: {type(e).__name__}: {e}"]
     sets = []
     for ds in (cfg.data.train, cfg.data.eval):
         if ds is None:
@@ -295,7 +328,7 @@ def local_context_problems(cfg: Config, base_dir: str | Path | None) -> list[str
                 rows[: ds.limit] if ds.limit is not None else rows, source, tokenizer,
                 prompt_field=d.prompt_field, prompt_template=d.prompt_template,
                 system_prompt=d.system_prompt, chat_template=d.chat_template, answer_field=d.answer_field,
-                max_prompt_tokens=d.max_prompt_tokens, on_bad_row=d.on_bad_row)
+                max_prompt_tokens=d.max_prompt_tokens, on_bad_row=d.on_bad_row, tools=tools)
         except DataError as e:
             return [f"data: {e}"]
         sets.append(prompts)

@@ -14,6 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlvr.config import Config
 from rlvr.config.load import reward_specs
+from rlvr.config.preflight import env_context, tool_schemas
 from rlvr.config.schema import DatasetConfig
 from rlvr.data import build_prompts, load_rows
 from rlvr.env.episodes import run_episodes
@@ -121,12 +122,6 @@ def play_episodes(cfg: Config, engine: RolloutEngine, env: Any, tokenizer: Any, 
                         max_tokens=r.max_episode_tokens or r.max_turns * r.max_new_tokens)
 
 
-def tool_schemas(cfg: Config, env: Any) -> list[dict[str, Any]] | None:
-    """The JSON schemas of the environment's tools for the chat template, when `data.tool_schemas`."""
-    schemas = getattr(env, "tool_schemas", None)
-    return schemas() or None if cfg.data.tool_schemas and callable(schemas) else None
-
-
 def make_reward_runner(cfg: Config, base_dir: Path | None) -> RewardRunner:
     """The reward runner of `reward` (user files named relative to the recipe's folder `base_dir`)."""
     r = cfg.reward
@@ -166,12 +161,10 @@ def make_plugins(cfg: Config, prompts: list[Prompt], base_dir: Path | None = Non
 def make_env(cfg: Config, base_dir: Path | None = None) -> Any:
     """The environment of `env` (None without one). Built before the prompts, whose chat template may
     render its tools, so its constructor may take base_dir, seed, samples_per_prompt, prompts_per_step
-    and max_new_tokens but nothing about the prompts."""
+    and max_new_tokens but nothing about the prompts (rlvr/config/preflight.py `env_context`)."""
     if cfg.env is None:
         return None
-    context = {"base_dir": base_dir, "seed": cfg.run.seed, "samples_per_prompt": cfg.sampling.samples_per_prompt,
-               "prompts_per_step": cfg.sampling.prompts_per_step, "max_new_tokens": cfg.rollout.max_new_tokens}
-    return build_plugin(cfg.env.target, cfg.env.kwargs, context)
+    return build_plugin(cfg.env.target, cfg.env.kwargs, env_context(cfg, base_dir))
 
 
 def make_engine(cfg: Config, learner: Learner, tokenizer: Any, model_path: str | Path, acc: Accelerator

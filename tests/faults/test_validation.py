@@ -188,6 +188,48 @@ def test_prompt_longer_than_context_is_named_by_config_validate(tmp_path):
     assert not (tmp_path / "model").exists()  # the tokenizer was built in memory, no model
 
 
+def tool_template_model(folder: Path, positions: int) -> Path:
+    """A local model folder (config and tokenizer, no weights) whose chat template shows tools."""
+    from transformers import Qwen2Config
+
+    from rlvr.models.tiny import build_tiny_tokenizer
+
+    tok = build_tiny_tokenizer()
+    tok.chat_template = ("{% if tools %}<|im_start|>system\n{% for t in tools %}{{ t | tojson }}{% endfor %}"
+                         "<|im_end|>\n{% endif %}{% for m in messages %}<|im_start|>{{ m.role }}\n"
+                         "{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}"
+                         "<|im_start|>assistant\n{% endif %}")
+    tok.save_pretrained(folder)
+    Qwen2Config(vocab_size=len(tok), max_position_embeddings=positions).save_pretrained(folder)
+    return folder
+
+
+def test_the_context_check_counts_the_tools_block_the_prompts_will_show(tmp_path):
+    """A tool-using recipe: the chat template renders the env's tool schemas into every prompt
+    (data.tool_schemas), so `rlvr config validate` measures the prompts with them, as training does."""
+    model = tool_template_model(tmp_path / "model", 160)
+    r = recipe(tmp_path, model={"path": str(model)}, env={"name": "calculator"},
+               data={"train": {"path": "synthetic:sum", "args": {"num_rows": 20, "max_operand": 9}},
+                     "chat_template": True}, rollout={"max_new_tokens": 96, "max_turns": 2})
+    assert load_config(r, ["data.tool_schemas=false"], check_inputs=True, check_context=True)
+    got = problems_of(r, check_context=True)
+    assert len(got) == 1 and got[0].startswith("data.train: row 0 of synthetic:sum"), got
+    assert "prompt tokens; with rollout.max_new_tokens 96" in got[0] and "(160)" in got[0], got
+
+
+def test_an_env_that_fails_to_build_is_named_by_the_context_check(tmp_path):
+    (tmp_path / "my_env.py").write_text(textwrap.dedent("""
+        class Broken:
+            def __init__(self, collection: str = "docs.jsonl"):
+                raise FileNotFoundError(f"no collection at {collection}")
+    """))
+    model = tool_template_model(tmp_path / "model", 160)
+    r = recipe(tmp_path, model={"path": str(model)}, env={"name": "my_env.py:Broken"},
+               data={"chat_template": True}, rollout={"max_new_tokens": 2, "max_turns": 2})
+    assert problems_of(r, check_context=True) == [
+        "env: my_env.py:Broken could not be built: FileNotFoundError: no collection at docs.jsonl"]
+
+
 def test_context_problems_name_eval_keys_and_no_room_at_all():
     from rlvr.config.preflight import context_problems
     from rlvr.types import Prompt
