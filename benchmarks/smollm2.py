@@ -132,12 +132,17 @@ def render(tok, cfg, row: dict) -> list[int]:
     return tok(text, add_special_tokens=False).input_ids
 
 
-def heldout_accuracy(model_dir: str, cfg, rows: list[dict]) -> tuple[float, float]:
-    """Greedy accuracy on `rows` and the mean reply tokens, with the recipe's prompt and token budget."""
+def heldout_accuracy(model_dir: str, cfg, rows: list[dict]) -> tuple[float, float, str]:
+    """Greedy accuracy on `rows`, the mean reply tokens, and the accuracy by the rows' `op` ("add 0.91
+    sub 0.80 mul 0.40"), with the recipe's prompt and token budget."""
     outs, lengths, _ = greedy_generate(model_dir, [cfg.data.prompt_template.format(**r) for r in rows],
                                        max_new_tokens=cfg.rollout.max_new_tokens, batch_size=50,
                                        system_prompt=cfg.data.system_prompt)
-    return statistics.fmean(gsm8k_number("", o, r) for o, r in zip(outs, rows)), statistics.fmean(lengths)
+    right = [gsm8k_number("", o, r) for o, r in zip(outs, rows)]
+    ops = sorted({r.get("op", "") for r in rows} - {""})
+    by_op = " ".join(f"{op} {statistics.fmean(x for x, r in zip(right, rows) if r.get('op') == op):.2f}"
+                     for op in ops)
+    return statistics.fmean(right), statistics.fmean(lengths), by_op
 
 
 def stage_times(recipe: str, variants: list[str], steps: int, out: Path, log, common: list[str]) -> None:
@@ -173,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="instead of the side-by-side: per-stage step times of the recipe and of each variant "
                     "(space-separated overrides in one argument), --stage-steps steps each")
     ap.add_argument("--stage-steps", type=int, default=5)
+    ap.add_argument("--skip-base", action="store_true", help="do not score the starting model (known from a run before)")
     args = ap.parse_args(argv)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -204,12 +210,13 @@ def main(argv: list[str] | None = None) -> int:
             saved += minimal_arm(model_dir, cfg, train, out, budget, marks, log)
         else:
             raise SystemExit(f"--arms: unknown arm {arm!r} (rlvr, minimal)")
-    log(f"\n| arm | minutes | steps | held-out accuracy (n={len(test)}) | mean reply tokens | train reward, last 10 steps |")
-    log("|---|---|---|---|---|---|")
-    for row in saved:
-        acc, tokens = heldout_accuracy(row["model"], cfg, test)
+    log(f"\n| arm | minutes | steps | held-out accuracy (n={len(test)}) | by operation | mean reply tokens "
+        "| train reward, last 10 steps |")
+    log("|---|---|---|---|---|---|---|")
+    for row in saved[1:] if args.skip_base else saved:
+        acc, tokens, by_op = heldout_accuracy(row["model"], cfg, test)
         se = math.sqrt(acc * (1 - acc) / len(test))
-        log(f"| {row['arm']} | {row['minutes']:.1f} | {row['step']} | {acc:.3f} ± {se:.3f} | {tokens:.1f} | "
+        log(f"| {row['arm']} | {row['minutes']:.1f} | {row['step']} | {acc:.3f} ± {se:.3f} | {by_op} | {tokens:.1f} | "
             f"{row['reward_last10']:.3f} |")
     return 0
 

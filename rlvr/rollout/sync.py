@@ -22,9 +22,15 @@ class WeightSyncError(RuntimeError):
     pass
 
 
-def default_tolerance(engine_dtype: str) -> float:
-    """float32 engines match the learner to rounding; 16-bit engines differ by their precision."""
-    return 1e-3 if engine_dtype == "float32" else 0.5
+def default_tolerance(engine_dtype: str, learner_dtype: str = "float32") -> float:
+    """An engine and a learner that both compute in float32 match to rounding (1e-3); when either
+    computes in 16 bits (a bf16 engine, or the learner's bf16 weights or autocast), the probe's
+    log-probs differ by that precision (0.5).
+
+    >>> default_tolerance("float32"), default_tolerance("float32", "bfloat16"), default_tolerance("bfloat16")
+    (0.001, 0.5, 0.5)
+    """
+    return 1e-3 if engine_dtype == learner_dtype == "float32" else 0.5
 
 
 def probe_gap(engine_lp: torch.Tensor, learner_lp: torch.Tensor) -> float:

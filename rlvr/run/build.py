@@ -241,12 +241,22 @@ def engine_dtype(cfg: Config) -> str:
 
 def sync_check(cfg: Config) -> tuple[int, float | None]:
     """(steps between weight-sync probes, tolerance): by default every step for engines that hold
-    their own weights, never for the colocated hf engine (it generates with the learner's module)."""
+    their own weights, never for the colocated hf engine (it generates with the learner's module).
+    The default tolerance follows the coarser of the engine's and the learner's precision."""
     r = cfg.rollout
     every = r.sync_check_every if r.sync_check_every is not None else int(r.engine != "hf" or r.mode != "colocated")
     tol = r.sync_tolerance if r.sync_tolerance is not None else default_tolerance(
-        engine_dtype(cfg) if r.engine == "vllm" else "float32")
+        engine_dtype(cfg) if r.engine == "vllm" else "float32", learner_precision(cfg))
     return every, tol
+
+
+def learner_precision(cfg: Config) -> str:
+    """The precision the learner computes log-probs in: its weights' dtype, or bfloat16/float16 under
+    mixed precision (autocast)."""
+    if _dtype(cfg) != torch.float32:
+        return str(_dtype(cfg)).removeprefix("torch.")
+    mixed = distributed.resolve_mixed_precision(cfg.learner.mixed_precision)
+    return {"bf16": "bfloat16", "fp16": "float16"}.get(mixed, "float32")
 
 
 def make_rollout_correction(cfg: Config) -> Callable | None:

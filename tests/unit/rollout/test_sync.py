@@ -43,3 +43,18 @@ def test_a_separate_engine_copy_is_pushed_and_verified(tiny, tiny_model_dir):
                         world_max=lambda gap: max(gap, 0.7))
     # no probe: push only, no metric
     assert push_and_verify(engine, learner.named_parameters, learner_logprobs(learner), None, 1e-3) == {}
+
+
+def test_the_default_tolerance_follows_the_learners_precision_too():
+    """A float32 vLLM engine (CPU) against a learner under bf16 autocast differs by bf16's rounding
+    (0.33 measured on SmolLM2), which is no stale weight: the check must not stop that run."""
+    from pathlib import Path
+
+    from rlvr.config import load_config
+    from rlvr.run.build import sync_check
+
+    recipe = Path(__file__).resolve().parents[3] / "recipes" / "vllm" / "quickstart.yaml"
+    tolerance = {tuple(o): sync_check(load_config(recipe, o))[1] for o in (
+        [], ["learner.mixed_precision=bf16"], ["model.dtype=bfloat16"], ["rollout.sync_tolerance=0.01",
+                                                                          "learner.mixed_precision=bf16"])}
+    assert list(tolerance.values()) == [1e-3, 0.5, 0.5, 0.01]
