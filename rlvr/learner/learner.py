@@ -145,8 +145,11 @@ class Learner:
 
     def sequence_logprobs(self, token_ids: list[int]) -> torch.Tensor:
         """[S - 1] log p(token_i | tokens_<i) at temperature 1 under the current policy for S tokens
-        (the learner's side of the weight-sync probe; every process calls it under sharding)."""
-        return weights.sequence_logprobs(self.model, token_ids, self.chunk_tokens)
+        (the learner's side of the weight-sync probe; every process calls it under sharding). In the
+        weights' own precision, not under mixed precision's autocast: the probe compares weights,
+        and a float32 engine then matches to rounding (bf16 autocast alone differs by up to 0.5)."""
+        with weights.native_precision(self.unwrapped), torch.no_grad():
+            return weights.sequence_logprobs(self.model, token_ids, self.chunk_tokens)
 
     def full_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
         """(HF name, full tensor) of every policy parameter, for pushing into a rollout engine or a

@@ -5,6 +5,7 @@ checks the engine got them right (rlvr/rollout/sync.py)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -41,6 +42,26 @@ def full_weights(model: torch.nn.Module, strategy: str) -> Iterator[tuple[str, t
 
 
 @torch.no_grad()
+@contextmanager
+def native_precision(module: torch.nn.Module) -> Iterator[None]:
+    """Forward passes of `module` (the unwrapped policy) in its weights' own dtype for the duration.
+
+    Under mixed precision, accelerate replaces a prepared module's `forward` by one that runs in
+    autocast, and keeps the replaced method as `_original_forward`; that one is put back while the
+    context lasts (hooks, DDP and FSDP2 still run: only the autocast is gone). A module without
+    the wrapper is left as it is.
+    """
+    original, wrapped = module.__dict__.get("_original_forward"), module.__dict__.get("forward")
+    if original is None or wrapped is None:
+        yield
+        return
+    module.forward = original
+    try:
+        yield
+    finally:
+        module.forward = wrapped
+
+
 def sequence_logprobs(model: torch.nn.Module, token_ids: list[int], chunk_tokens: int = 0) -> torch.Tensor:
     """[S - 1] log p(token_i | tokens_<i) at temperature 1 under `model` (the prepared policy) for one
     sequence of S tokens, in eval mode (the training mode is restored afterwards); collective when

@@ -23,9 +23,9 @@ class WeightSyncError(RuntimeError):
 
 
 def default_tolerance(engine_dtype: str, learner_dtype: str = "float32") -> float:
-    """An engine and a learner that both compute in float32 match to rounding (1e-3); when either
-    computes in 16 bits (a bf16 engine, or the learner's bf16 weights or autocast), the probe's
-    log-probs differ by that precision (0.5).
+    """An engine and a learner whose weights are both float32 match to rounding (1e-3); when either
+    holds 16-bit weights (a bf16 engine, or model.dtype bfloat16), the probe's log-probs differ by
+    that precision (0.5).
 
     >>> default_tolerance("float32"), default_tolerance("float32", "bfloat16"), default_tolerance("bfloat16")
     (0.001, 0.5, 0.5)

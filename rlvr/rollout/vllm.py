@@ -193,6 +193,20 @@ class VLLMEngine:
             self.llm.sleep(level=1)
             self.asleep = True
 
+    def close(self) -> None:
+        """Disarm vLLM's exit-time shutdown of the in-process engine core (safe to call twice).
+
+        That shutdown ends by destroying the default process group, which rlvr owns and has
+        destroyed itself by then (ValueError "Invalid process group specified", a traceback after
+        every run); run earlier, it would take the group from under the steps that follow (the
+        last barrier, other ranks' collectives). At the end of a run nothing it frees outlives the
+        process: the engine's memory goes with the process, or with the engine when it is dropped.
+        """
+        client = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+        finalizer = getattr(client, "_finalizer", None)  # vLLM's InprocClient: weakref.finalize(engine_core.shutdown)
+        if finalizer is not None:
+            finalizer.detach()
+
     def _wake(self) -> None:
         if self.asleep:
             self.llm.wake_up()

@@ -251,12 +251,9 @@ def sync_check(cfg: Config) -> tuple[int, float | None]:
 
 
 def learner_precision(cfg: Config) -> str:
-    """The precision the learner computes log-probs in: its weights' dtype, or bfloat16/float16 under
-    mixed precision (autocast)."""
-    if _dtype(cfg) != torch.float32:
-        return str(_dtype(cfg)).removeprefix("torch.")
-    mixed = distributed.resolve_mixed_precision(cfg.learner.mixed_precision)
-    return {"bf16": "bfloat16", "fp16": "float16"}.get(mixed, "float32")
+    """The precision of the learner's side of the weight-sync probe: its weights' dtype (the probe
+    runs outside mixed precision's autocast, see Learner.sequence_logprobs)."""
+    return str(_dtype(cfg)).removeprefix("torch.")
 
 
 def make_rollout_correction(cfg: Config) -> Callable | None:

@@ -141,10 +141,11 @@ class Run:
         return push() if self.pipeline is None else self.pipeline.push(version, push)
 
     def close(self) -> None:
-        """Stop the rollout producer and the reward workers, close the metric sinks (safe to call twice)."""
+        """Stop the rollout producer, the engine and the reward workers, close the metric sinks (safe to
+        call twice)."""
         if self.pipeline is not None:
             self.pipeline.stop()
-            close_engine(self.engine)
+        close_engine(self.engine)
         self.rewards.close()
         if self.logger is not None:  # None when set-up failed before making it
             self.logger.close()
@@ -237,7 +238,8 @@ def setup(cfg: Config, base_dir: Path | None, acc: Accelerator, signals: StopSig
 
 
 def close_engine(engine: Any) -> None:
-    """Close an engine that has a `close` (the remote workers' clients, and the servers it started)."""
+    """Close an engine that has a `close` (the remote workers' clients and the servers they started,
+    the vllm engine's core)."""
     if callable(close := getattr(engine, "close", None)):
         close()
 
