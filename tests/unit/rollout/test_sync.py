@@ -77,6 +77,7 @@ def test_the_probe_runs_outside_mixed_precision(tiny_model_dir):
                         min_lr_ratio=0.0, total_steps=10, max_grad_norm=1.0)
     batching = BatchingConfig(mini_batches_per_step=1, epochs_per_step=1, micro_batch_tokens=4096, max_new_tokens=8,
                               pad_id=0, seed=0)
+    AcceleratorState._reset_state(reset_partial_state=True)  # an earlier test's state would refuse bf16
     try:
         learner = Learner(model, None, Accelerator(mixed_precision="bf16", cpu=True), policy_loss=ppo_clip,
                           aggregation=token_mean, optim=optim, batching=batching, temperature=1.0)
