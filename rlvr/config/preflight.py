@@ -314,7 +314,8 @@ def local_context_problems(cfg: Config, base_dir: str | Path | None) -> list[str
     try:
         tools = _prompt_tools(cfg, base_dir)
     except Exception as e:  # the env's own error, named; training would meet it first thing
-        return [f"env: {cfg.env.name if cfg.env else ''} could not be built: {type(e).__name__}: {e}"]
+        assert cfg.env is not None  # only a configured env is built
+        return [f"env: {cfg.env.name} could not be built: {type(e).__name__}: {e}"]
     sets = []
     for ds in (cfg.data.train, cfg.data.eval):
         if ds is None:

@@ -115,7 +115,6 @@ def call_in_process(fn: Callable[..., Any], kwargs: dict[str, Any], timeout_s: f
     proc = ctx.Process(target=_tool_process, args=(fn, kwargs, sender), name="rlvr-tool", daemon=True)
     proc.start()
     sender.close()
-
     try:
         if not receiver.poll(start_timeout_s):
             raise ToolFailed(f"the tool's process did not start within {start_timeout_s:g} s")

@@ -148,7 +148,7 @@ class Learner:
         (the learner's side of the weight-sync probe; every process calls it under sharding). In the
         weights' own precision, not under mixed precision's autocast: the probe compares weights,
         and a float32 engine then matches to rounding (bf16 autocast alone differs by up to 0.5)."""
-        with weights.native_precision(self.unwrapped), torch.no_grad():
+        with weights.native_precision(self.unwrapped):
             return weights.sequence_logprobs(self.model, token_ids, self.chunk_tokens)
 
     def full_weights(self) -> Iterator[tuple[str, torch.Tensor]]:

@@ -41,7 +41,6 @@ def full_weights(model: torch.nn.Module, strategy: str) -> Iterator[tuple[str, t
         yield name, t.full_tensor() if isinstance(t, DTensor) else t
 
 
-@torch.no_grad()
 @contextmanager
 def native_precision(module: torch.nn.Module) -> Iterator[None]:
     """Forward passes of `module` (the unwrapped policy) in its weights' own dtype for the duration.
@@ -62,6 +61,7 @@ def native_precision(module: torch.nn.Module) -> Iterator[None]:
         module.forward = wrapped
 
 
+@torch.no_grad()
 def sequence_logprobs(model: torch.nn.Module, token_ids: list[int], chunk_tokens: int = 0) -> torch.Tensor:
     """[S - 1] log p(token_i | tokens_<i) at temperature 1 under `model` (the prepared policy) for one
     sequence of S tokens, in eval mode (the training mode is restored afterwards); collective when
