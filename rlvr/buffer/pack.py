@@ -26,6 +26,19 @@ def split_mini_batches(n: int, count: int, generator: torch.Generator) -> list[t
     return [chunk for chunk in torch.tensor_split(order, count) if chunk.numel()]
 
 
+def informative_rows(advantages: torch.Tensor, weights: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """The `rows` whose weighted advantage is not exactly 0, in order; the first row when none is.
+
+    advantages, weights [N]; rows [K] long. Where the policy loss is 0 at advantage 0 and nothing else
+    (no KL term in the loss) acts on a row, the rows left out contribute exactly 0 to the gradient, so
+    the update is the same without their forward and backward passes. One row is kept even then, so
+    the optimiser step still runs on every process (DDP and ZeRO need each rank's backward).
+    Example: advantages [0.5, 0, -0.5, 0], weights 1, rows [3, 1, 0] -> [0]; rows [3, 1] -> [3].
+    """
+    keep = rows[(advantages[rows] * weights[rows]) != 0]
+    return keep if keep.numel() else rows[:1]
+
+
 def plan_micro_batches(prompt_lens: list[int], resp_lens: list[int], rows: list[int], budget: int) -> list[list[int]]:
     """Group `rows` so that rows x (max prompt + max response) <= budget (at least one row each).
 

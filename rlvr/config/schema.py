@@ -298,6 +298,12 @@ class LearnerConfig(Section):
         "so no [tokens, vocabulary] float32 logits tensor is built (same values to float32 rounding); 0 = the "
         "model's full logits. Model families whose logits are more than the LM head's output (e.g. logit "
         "soft-capping) always take the full logits")
+    skip_zero_advantage: bool = Field(
+        True, description="leave samples whose advantage is exactly 0 (e.g. every sample of a group whose rewards "
+        "are all equal) out of the forward and backward passes; they still count in the loss normalisers, so the "
+        "gradient is unchanged and the update is cheaper by their share (learner/zero_adv_skipped). Applied only "
+        "where it is exact: the built-in ppo_clip loss and aggregations, no KL term in the loss; per-token "
+        "metrics (entropy, clip fraction) then average over the samples that were kept")
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     strategy: Literal["auto", "ddp", "fsdp2", "zero2", "zero3"] = Field(
         "auto", description="how several processes share the policy: auto = what `accelerate launch "

@@ -6,6 +6,11 @@ mini-batches (one optimiser step each), each packed into micro-batches of at mos
 mini-batch's normalisers counted over all processes (aggregation.py divides by them), so the update
 does not depend on how the samples are split into micro-batches or processes.
 
+With `skip_zero_advantage` (set where it is exact: see `skip_is_exact`) a sample whose advantage is
+exactly 0, such as every sample of a GRPO group whose rewards are all equal, is left out of the
+forward and backward passes; the normalisers still count it, so the gradient is the same and the
+step is cheaper by the share of such samples.
+
 Under FSDP2 and ZeRO-3 every forward pass is a collective, and under every multi-process strategy
 the backward passes synchronise, so all processes must run the same number of them: `equalise`
 pads the shorter lists with a repeated micro-batch whose loss scale is 0.
@@ -14,12 +19,12 @@ pads the shorter lists with a repeated micro-batch whose loss scale is 0.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from accelerate import Accelerator
 
-from rlvr.buffer import as_batch, pack, split_mini_batches
+from rlvr.buffer import as_batch, informative_rows, pack, split_mini_batches
 from rlvr.learner.distributed import global_sum
 from rlvr.types import AdvantageBatch, LossNorm, MicroBatch, Prompt, Rollouts, ScoredRollouts
 
@@ -34,11 +39,29 @@ class BatchingConfig:
     max_new_tokens: int          # rollout.max_new_tokens: the constant some aggregations divide by
     pad_id: int
     seed: int                    # seeds the shuffle of samples into mini-batches
+    skip_zero_advantage: bool = False  # leave zero-advantage samples out of the passes (exact only where
+    #                                    the loss is 0 for them: `skip_is_exact`)
 
     @property
     def updates_per_step(self) -> int:
         """Optimiser steps per RL step. Example: 2 mini-batches x 3 epochs -> 6."""
         return self.mini_batches_per_step * self.epochs_per_step
+
+
+ZERO_AT_ZERO_ADVANTAGE = frozenset({"ppo_clip"})  # built-in policy losses that are 0 wherever A = 0
+ROW_SEPARABLE = frozenset({"token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "dr_grpo", "delta_l",
+                           "seq_mean_token_sum_norm"})  # built-in aggregations: a sum over rows / global counts
+
+
+def skip_is_exact(policy_loss: str, aggregation: str, kl_in_loss: bool) -> bool:
+    """Whether leaving zero-advantage samples out of the update leaves the gradient unchanged: the
+    policy loss is 0 at advantage 0, the aggregation sums rows over global normalisers (a row of 0
+    loss adds nothing), and no KL term in the loss acts on every row. A plug-in loss or aggregation
+    is not known to qualify, so it gets every sample.
+
+    Example: ("ppo_clip", "token_mean", False) -> True; ("ppo_clip", "token_mean", True) -> False.
+    """
+    return policy_loss in ZERO_AT_ZERO_ADVANTAGE and aggregation in ROW_SEPARABLE and not kl_in_loss
 
 
 class Batcher:
@@ -50,6 +73,7 @@ class Batcher:
     def __init__(self, acc: Accelerator, cfg: BatchingConfig):
         self.acc, self.cfg = acc, cfg
         self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.skipped = [0, 0]  # [samples left out, samples] of this process since `take_skipped`
 
     def mini_batches(self, batch: AdvantageBatch) -> Iterator[list[tuple[MicroBatch, float]]]:
         """The optimiser steps of one RL step, in order: each its micro-batches with their loss scale.
@@ -61,13 +85,25 @@ class Batcher:
         n = len(batch.scored.rollouts)
         for _ in range(self.cfg.epochs_per_step):
             for rows in split_mini_batches(n, self.cfg.mini_batches_per_step, self.generator):
-                yield self.optimiser_step(batch, rows)
+                yield self.optimiser_step(batch, rows, skip_zero=self.cfg.skip_zero_advantage)
 
-    def optimiser_step(self, batch: AdvantageBatch, rows: torch.Tensor) -> list[tuple[MicroBatch, float]]:
+    def optimiser_step(self, batch: AdvantageBatch, rows: torch.Tensor,
+                       skip_zero: bool = False) -> list[tuple[MicroBatch, float]]:
         """The micro-batches of one optimiser step over `rows`, with the step's normalisers counted
-        over all processes (collective). Example: rows [0, 1, 2] of 3 samples -> every sample once."""
-        norm = self._norm(batch, rows)
-        return self.equalise(pack(batch, rows, norm, self.cfg.micro_batch_tokens, self.cfg.pad_id))
+        over all processes (collective). Example: rows [0, 1, 2] of 3 samples -> every sample once;
+        with skip_zero and advantages [0.5, 0, -0.5] -> rows 0 and 2, normalised as if row 1 were there.
+        """
+        kept = informative_rows(batch.advantages, batch.weights, rows) if skip_zero else rows
+        norm = self._norm(batch, rows, kept)
+        self.skipped[0] += rows.numel() - kept.numel()
+        self.skipped[1] += rows.numel()
+        return self.equalise(pack(batch, kept, norm, self.cfg.micro_batch_tokens, self.cfg.pad_id))
+
+    def take_skipped(self) -> tuple[int, int]:
+        """(samples left out of the passes, samples) on this process since the last call; each
+        optimiser step counts its samples once (2 epochs over 8 samples -> total 16)."""
+        counts, self.skipped = tuple(self.skipped), [0, 0]
+        return counts
 
     def scoring(self, batch: AdvantageBatch, collective: bool) -> list[tuple[MicroBatch, float]]:
         """Every sample of `batch` once, for a pass without gradients (normalisers of 1).
@@ -94,9 +130,12 @@ class Batcher:
             count = int(t)
         return [(mb, 1.0) for mb in mbs] + [(mbs[0], 0.0)] * (count - len(mbs))
 
-    def _norm(self, batch: AdvantageBatch, rows: torch.Tensor) -> LossNorm:
-        tokens, seqs = global_sum(self.acc, [float(batch.scored.rollouts.lengths[rows].sum()), float(rows.numel())])
-        return LossNorm(tokens=tokens, sequences=seqs, max_response_tokens=self.cfg.max_new_tokens)
+    def _norm(self, batch: AdvantageBatch, rows: torch.Tensor, kept: torch.Tensor) -> LossNorm:
+        lengths = batch.scored.rollouts.lengths
+        tokens, seqs, kept_tokens = global_sum(
+            self.acc, [float(lengths[rows].sum()), float(rows.numel()), float(lengths[kept].sum())])
+        norm = LossNorm(tokens=tokens, sequences=seqs, max_response_tokens=self.cfg.max_new_tokens)
+        return norm if kept is rows else replace(norm, kept_tokens=kept_tokens)
 
 
 def pairs_batch(prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int) -> AdvantageBatch:

@@ -192,8 +192,11 @@ class Learner:
                     for k, v in stats.items():
                         sums[k] = sums.get(k, 0.0) + v
             norms.append(self._clip_and_step(mini_loss))
-        totals = dict(zip(sums, global_sum(self.acc, list(sums.values()))))
-        metrics = {f"learner/{k}": v / len(norms) for k, v in totals.items()}
+        skipped, seen = self.batcher.take_skipped()
+        *summed, skipped, seen = global_sum(self.acc, [*sums.values(), float(skipped), float(seen)])
+        metrics = {f"learner/{k}": v / len(norms) for k, v in zip(sums, summed)}
+        if self.batcher.cfg.skip_zero_advantage:  # samples whose advantage was 0: left out, the gradient unchanged
+            metrics["learner/zero_adv_skipped"] = skipped / max(seen, 1.0)
         metrics["learner/grad_norm"] = sum(norms) / len(norms)
         metrics["learner/lr"] = self.scheduler.get_last_lr()[0]
         metrics.update(self.guard.end_step(step))
@@ -253,7 +256,9 @@ class Learner:
                 loss = loss + self.kl.coef * kl_agg
             stats["kl"] = float(kl_agg.detach())
         stats["loss"] = float(loss.detach())
-        tokens = max(mb.norm.tokens, 1.0)
+        # per-token metrics average over the tokens that went through a forward pass (all of them unless
+        # zero-advantage samples were left out: see Batcher)
+        tokens = max(mb.norm.kept_tokens if mb.norm.kept_tokens is not None else mb.norm.tokens, 1.0)
         for k, v in tok_stats.items():
             stats[k] = float(v.sum()) / tokens
         stats["entropy"] = float((entropy * mask).sum()) / tokens

@@ -18,7 +18,7 @@ from rlvr.config.preflight import env_context, tool_schemas
 from rlvr.config.schema import DatasetConfig
 from rlvr.data import build_prompts, load_rows
 from rlvr.env.episodes import run_episodes
-from rlvr.learner import BatchingConfig, KLSettings, Learner, OptimConfig, distributed, lora
+from rlvr.learner import BatchingConfig, KLSettings, Learner, OptimConfig, distributed, lora, skip_is_exact
 from rlvr.learner.rollout_correction import rollout_is_weights
 from rlvr.registry import build_plugin
 from rlvr.reward import RewardRunner
@@ -297,7 +297,9 @@ def make_learner(cfg: Config, model: torch.nn.Module, ref_model: torch.nn.Module
                         max_grad_norm=lc.max_grad_norm)
     batching = BatchingConfig(mini_batches_per_step=lc.mini_batches_per_step, epochs_per_step=lc.epochs_per_step,
                               micro_batch_tokens=lc.micro_batch_tokens, max_new_tokens=params.max_new_tokens,
-                              pad_id=pad_id, seed=cfg.run.seed)
+                              pad_id=pad_id, seed=cfg.run.seed,
+                              skip_zero_advantage=lc.skip_zero_advantage and skip_is_exact(
+                                  cfg.loss.policy.name, cfg.loss.aggregation.name, kl.coef > 0 and kl.where == "loss"))
     return Learner(
         model, ref_model, acc,
         policy_loss=plugins["policy_loss"], aggregation=plugins["aggregation"], optim=optim, batching=batching,

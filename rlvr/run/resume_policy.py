@@ -87,6 +87,7 @@ RULES: dict[str, str] = {
     "learner.min_lr_ratio": HONOUR,
     "learner.max_grad_norm": HONOUR,
     "learner.micro_batch_tokens": HONOUR,
+    "learner.skip_zero_advantage": HONOUR,  # same gradients, fewer passes
     "learner.max_nonfinite_steps": HONOUR,  # a guard, not part of the update
     # watching and saving the run
     "eval": HONOUR,

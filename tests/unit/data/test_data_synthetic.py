@@ -79,3 +79,17 @@ def test_bad_arguments_are_all_reported():
         generate("succ", split="dev", num_rows=0, test_fraction=1.0)
     with pytest.raises(DataError, match=r"the test split is empty"):
         generate("succ", split="test", max_operand=0, test_fraction=0.01)
+
+
+@pytest.mark.parametrize("task", ["sum", "product"])
+def test_worked_rows_call_the_calculator_as_the_env_parses_it(task):
+    # data may not import env, so synthetic.py writes the call text itself: it must stay the
+    # env's own format, or the warm-up would teach a call the calculator env does not parse
+    from rlvr.env.tool_calls import format_tool_call, parse_tool_calls
+
+    row = generate(task, num_rows=1, seed=3, pad_width=2)[0]
+    call, answer = row["demonstration"]
+    expression = row["prompt"].removesuffix("=")
+    assert call == format_tool_call("calculator", {"expression": expression})
+    assert answer == row["answer"] == str(row["a"] + row["b"] if task == "sum" else row["a"] * row["b"])
+    assert [(c.name, c.arguments) for c in parse_tool_calls(call)] == [("calculator", {"expression": expression})]

@@ -55,3 +55,100 @@ def test_update_is_invariant_to_micro_batch_budget(tiny_model_dir, agg):
         assert loss == pytest.approx(results[0][0], rel=1e-5, abs=1e-7)
         assert gnorm == pytest.approx(results[0][1], rel=1e-5)
         torch.testing.assert_close(grads, results[0][2], rtol=1e-4, atol=1e-6)
+
+
+def skip_learner(model, agg, skip, mini_batches=1, epochs=1, lr=1e-2):
+    optim = OptimConfig(lr=lr, weight_decay=0.0, betas=(0.9, 0.999), warmup_steps=0, schedule="constant",
+                        min_lr_ratio=0.0, total_steps=10, max_grad_norm=None)
+    batching = BatchingConfig(mini_batches_per_step=mini_batches, epochs_per_step=epochs, micro_batch_tokens=30,
+                              max_new_tokens=6, pad_id=0, seed=0, skip_zero_advantage=skip)
+    return Learner(model, None, Accelerator(cpu=True), policy_loss=ppo_clip, aggregation=agg, optim=optim,
+                   batching=batching, temperature=1.0)
+
+
+def grpo_like_batch(tiny_model_dir, advantages):
+    """Rollouts of 3 prompts x 4 from the tiny model, with the given [12] advantages."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    prompts = [Prompt(f"t#{i}", t, tok(t).input_ids, "0", {}) for i, t in enumerate(["1+2=", "40+41=", "7="])]
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    ro = HFEngine(model, tok).generate(PromptBatch(prompts, [4, 4, 4]), SamplingParams(max_new_tokens=6))
+    n = len(ro)
+    return AdvantageBatch(ScoredRollouts(ro, torch.zeros(n), {}, torch.zeros(n, dtype=torch.bool)),
+                          advantages, torch.ones(n), None, None)
+
+
+@pytest.mark.parametrize("mini_batches,epochs", [(1, 1), (2, 2)])
+@pytest.mark.parametrize(
+    "agg", [token_mean, seq_mean_token_mean, seq_mean_token_sum, dr_grpo, delta_l, seq_mean_token_sum_norm]
+)
+def test_leaving_zero_advantage_samples_out_gives_the_same_update(tiny_model_dir, agg, mini_batches, epochs):
+    # the first prompt's group had equal rewards (advantage exactly 0), as did half of the third's
+    adv = torch.tensor([0.0, 0.0, 0.0, 0.0, 1.2, -0.4, -0.4, -0.4, 0.0, 0.0, 0.9, -0.9])
+    batch = grpo_like_batch(tiny_model_dir, adv)
+    runs = {}
+    for skip in (False, True):
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+        learner = skip_learner(model, agg, skip, mini_batches, epochs, lr=1e-5)
+        metrics = learner.step(batch)
+        runs[skip] = (metrics, [p.detach().clone() for p in model.parameters()],
+                      torch.cat([p.grad.flatten() for p in model.parameters()]))
+    (full, w_full, g_full), (skipped, w_skip, g_skip) = runs[False], runs[True]
+    assert "learner/zero_adv_skipped" not in full
+    assert skipped["learner/zero_adv_skipped"] == pytest.approx(6 / 12)  # each optimiser step counts its rows
+    assert skipped["learner/loss"] == pytest.approx(full["learner/loss"], rel=1e-5, abs=1e-7)
+    assert skipped["learner/grad_norm"] == pytest.approx(full["learner/grad_norm"], rel=1e-5)
+    assert full["learner/grad_norm"] > 0
+    torch.testing.assert_close(g_skip, g_full, rtol=1e-4, atol=1e-6)  # the last optimiser step's gradient
+    # every optimiser step (up to 4 here) moved the weights alike. A small lr, because Adam's steps
+    # (~ lr * g / (|g| + eps)) turn float noise in near-zero gradient entries into differences of ~lr
+    w0 = [p.detach() for p in AutoModelForCausalLM.from_pretrained(tiny_model_dir).parameters()]
+    assert max(float((a - b).abs().max()) for a, b in zip(w_full, w0)) > 5e-6 * mini_batches * epochs
+    for a, b in zip(w_full, w_skip):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_per_token_metrics_average_over_the_samples_kept(tiny_model_dir):
+    adv = torch.tensor([0.0, 0.0, 0.0, 0.0, 1.2, -0.4, -0.4, -0.4, 0.0, 0.0, 0.9, -0.9])
+    batch = grpo_like_batch(tiny_model_dir, adv)
+    kept = torch.nonzero(adv).flatten()
+    skipped = skip_learner(AutoModelForCausalLM.from_pretrained(tiny_model_dir), token_mean, True).step(batch)
+    # the same six samples alone, with nothing left out: same entropy (mean over their tokens)
+    from rlvr.types import Rollouts
+
+    ro = batch.scored.rollouts
+    sub = Rollouts([ro.prompts[int(g)] for g in ro.group[kept]], torch.arange(kept.numel()), ro.response_ids[kept],
+                   ro.response_mask[kept], ro.rollout_logprobs[kept], [ro.texts[i] for i in kept],
+                   [ro.finish_reason[i] for i in kept])
+    alone = AdvantageBatch(ScoredRollouts(sub, torch.zeros(6), {}, torch.zeros(6, dtype=torch.bool)), adv[kept],
+                           torch.ones(6), None, None)
+    reference = skip_learner(AutoModelForCausalLM.from_pretrained(tiny_model_dir), token_mean, False).step(alone)
+    assert skipped["learner/entropy"] == pytest.approx(reference["learner/entropy"], rel=1e-5)
+    assert skipped["learner/entropy"] > 0
+
+
+def test_a_batch_of_only_zero_advantages_still_takes_its_optimiser_step(tiny_model_dir):
+    batch = grpo_like_batch(tiny_model_dir, torch.zeros(12))
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    metrics = skip_learner(model, token_mean, True).step(batch)
+    assert metrics["learner/zero_adv_skipped"] == pytest.approx(11 / 12)  # one row kept for the backward
+    assert metrics["learner/grad_norm"] == 0.0 and metrics["learner/loss"] == 0.0
+    assert all(p.grad is not None and not p.grad.any() for p in model.parameters() if p.requires_grad)
+
+
+def test_skipping_applies_only_where_it_is_exact():
+    from rlvr.learner import skip_is_exact
+    from rlvr.learner.batching import ROW_SEPARABLE
+    from rlvr.registry import AGGREGATION
+
+    assert skip_is_exact("ppo_clip", "token_mean", kl_in_loss=False)
+    assert not skip_is_exact("ppo_clip", "token_mean", kl_in_loss=True)  # the KL term acts on every sample
+    assert not skip_is_exact("my_loss", "token_mean", kl_in_loss=False)  # a plug-in: not known to be 0 at A = 0
+    assert not skip_is_exact("ppo_clip", "my_agg", kl_in_loss=False)
+    # every built-in aggregation was checked above; a new one must be added there (and to the set) on purpose
+    import rlvr.learner.aggregation as builtin
+
+    builtins = {n for n in AGGREGATION.names() if AGGREGATION.get(n).__module__ == builtin.__name__}
+    assert builtins == ROW_SEPARABLE
