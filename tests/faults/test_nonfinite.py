@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -187,8 +188,11 @@ def test_lr_1e30_stops_with_the_message_and_keeps_finite_weights(tmp_path):
     first = skipped[0]
     assert skipped == [first, first + 1, first + 2], said  # three in a row, then the stop
     assert lines[-1]["learner/nonfinite_total"] == 3
-    assert (f"error: learner: 3 step(s) in a row had a non-finite loss and gradient norm (steps {first}-{first + 2}; "
-            f"last at step {first + 2}: loss=nan, grad_norm=nan)") in proc.stderr, said
+    # the gradient norm is NaN; the loss may be too, or 0 when every group's rewards were equal and only
+    # one zero-advantage row went through the pass (learner.skip_zero_advantage)
+    assert re.search(rf"error: learner: 3 step\(s\) in a row had a non-finite (loss and )?gradient norm "
+                     rf"\(steps {first}-{first + 2}; last at step {first + 2}: loss=(nan|0), grad_norm=nan\)",
+                     proc.stderr), said
     assert f"warning: learner: step {first}: skipped 1 of 1 update(s)" in proc.stderr, said
     # nothing saved during the streak: the newest checkpoint is the one before it, named in the message
     ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
@@ -203,4 +207,4 @@ def test_lr_1e30_stops_with_the_message_and_keeps_finite_weights(tmp_path):
     said = _said(again)
     assert again.returncode == 3, said
     assert f"resuming at step {first - 1}" in again.stderr, said
-    assert "Traceback" not in again.stderr and "non-finite loss" in again.stderr, said
+    assert "Traceback" not in again.stderr and "3 step(s) in a row had a non-finite" in again.stderr, said
