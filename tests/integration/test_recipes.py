@@ -218,3 +218,24 @@ def test_user_estimator_from_a_file_trains(tmp_path, models_dir, monkeypatch):
     assert rows[-1]["advantage/mean"] == pytest.approx(float(want.mean()), abs=1e-6)
     assert rows[-1]["advantage/max"] == pytest.approx(float(want.max()), abs=1e-6)
 
+
+
+@pytest.mark.parametrize("overrides,skips", [
+    ((), True),
+    (("loss.kl={coef: 0.01, estimator: k3, where: loss}",), False),  # a KL term acts on every sample
+    (("learner.skip_zero_advantage=false",), False),
+])
+def test_zero_advantage_samples_skip_the_update_only_where_exact(tmp_path, models_dir, overrides, skips):
+    run_dir = run_recipe(ROOT / "recipes" / "quickstart.yaml", tmp_path / "run", models_dir, "run.steps=2",
+                         "eval.at_start=false", "eval.every=0", "metrics.sinks=[jsonl]", "metrics.plot=false",
+                         *overrides)
+    rows = [r for r in read_metrics(run_dir) if "learner/loss" in r]
+    assert len(rows) == 2
+    if not skips:
+        assert not any("learner/zero_adv_skipped" in r for r in rows)
+        return
+    for r in rows:  # the random model scores 0 on most groups of 8: their samples are left out, but one
+        # row is always kept, so the optimiser step runs even when every group agrees
+        n = r["rollout/samples"]
+        assert r["learner/zero_adv_skipped"] == pytest.approx(min(r["advantage/zero_std_frac"], 1 - 1 / n), abs=1e-6)
+        assert r["learner/zero_adv_skipped"] > 0.5
