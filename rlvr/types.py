@@ -123,8 +123,8 @@ class LossNorm:
     tokens: float  # sum of the [N, T] response-mask entries of the step
     sequences: float  # N, the step's number of samples
     max_response_tokens: int  # configured constant (Dr. GRPO), never a tensor width
-    # response tokens of the rows that go through the forward pass, when rows whose loss is exactly 0
-    # are left out of it (Batcher: zero-advantage rows); per-token metrics average over these. None: all
+    # response tokens of the rows that go through the forward pass (fewer than `tokens` when rows whose
+    # loss is exactly 0 are left out: Batcher); per-token metrics average over these. None: `tokens`
     kept_tokens: float | None = None
 
 

@@ -19,7 +19,7 @@ pads the shorter lists with a repeated micro-batch whose loss scale is 0.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from accelerate import Accelerator
@@ -73,7 +73,6 @@ class Batcher:
     def __init__(self, acc: Accelerator, cfg: BatchingConfig):
         self.acc, self.cfg = acc, cfg
         self.generator = torch.Generator().manual_seed(cfg.seed)
-        self.skipped = [0, 0]  # [samples left out, samples] of this process since `take_skipped`
 
     def mini_batches(self, batch: AdvantageBatch) -> Iterator[list[tuple[MicroBatch, float]]]:
         """The optimiser steps of one RL step, in order: each its micro-batches with their loss scale.
@@ -95,15 +94,7 @@ class Batcher:
         """
         kept = informative_rows(batch.advantages, batch.weights, rows) if skip_zero else rows
         norm = self._norm(batch, rows, kept)
-        self.skipped[0] += rows.numel() - kept.numel()
-        self.skipped[1] += rows.numel()
         return self.equalise(pack(batch, kept, norm, self.cfg.micro_batch_tokens, self.cfg.pad_id))
-
-    def take_skipped(self) -> tuple[int, int]:
-        """(samples left out of the passes, samples) on this process since the last call; each
-        optimiser step counts its samples once (2 epochs over 8 samples -> total 16)."""
-        counts, self.skipped = tuple(self.skipped), [0, 0]
-        return counts
 
     def scoring(self, batch: AdvantageBatch, collective: bool) -> list[tuple[MicroBatch, float]]:
         """Every sample of `batch` once, for a pass without gradients (normalisers of 1).
@@ -134,8 +125,8 @@ class Batcher:
         lengths = batch.scored.rollouts.lengths
         tokens, seqs, kept_tokens = global_sum(
             self.acc, [float(lengths[rows].sum()), float(rows.numel()), float(lengths[kept].sum())])
-        norm = LossNorm(tokens=tokens, sequences=seqs, max_response_tokens=self.cfg.max_new_tokens)
-        return norm if kept is rows else replace(norm, kept_tokens=kept_tokens)
+        return LossNorm(tokens=tokens, sequences=seqs, max_response_tokens=self.cfg.max_new_tokens,
+                        kept_tokens=kept_tokens)
 
 
 def pairs_batch(prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int) -> AdvantageBatch:

@@ -178,7 +178,9 @@ class Learner:
         self.guard.begin_step()
         sums: dict[str, float] = {}
         norms = []
+        kept = 0  # samples of this process that went through a pass (each optimiser step counts its own)
         for mbs in self.batcher.mini_batches(batch):
+            kept += sum(mb.index.numel() for mb, scale in mbs if scale)
             self.optimizer.zero_grad(set_to_none=True)
             mini_loss = 0.0
             for i, (mb, scale) in enumerate(mbs):
@@ -192,11 +194,11 @@ class Learner:
                     for k, v in stats.items():
                         sums[k] = sums.get(k, 0.0) + v
             norms.append(self._clip_and_step(mini_loss))
-        skipped, seen = self.batcher.take_skipped()
-        *summed, skipped, seen = global_sum(self.acc, [*sums.values(), float(skipped), float(seen)])
+        seen = len(batch.scored.rollouts) * self.epochs  # every epoch's mini-batches cover every sample once
+        *summed, kept, seen = global_sum(self.acc, [*sums.values(), float(kept), float(seen)])
         metrics = {f"learner/{k}": v / len(norms) for k, v in zip(sums, summed)}
         if self.batcher.cfg.skip_zero_advantage:  # samples whose advantage was 0: left out, the gradient unchanged
-            metrics["learner/zero_adv_skipped"] = skipped / max(seen, 1.0)
+            metrics["learner/zero_adv_skipped"] = 1.0 - kept / max(seen, 1.0)
         metrics["learner/grad_norm"] = sum(norms) / len(norms)
         metrics["learner/lr"] = self.scheduler.get_last_lr()[0]
         metrics.update(self.guard.end_step(step))
@@ -258,7 +260,7 @@ class Learner:
         stats["loss"] = float(loss.detach())
         # per-token metrics average over the tokens that went through a forward pass (all of them unless
         # zero-advantage samples were left out: see Batcher)
-        tokens = max(mb.norm.kept_tokens if mb.norm.kept_tokens is not None else mb.norm.tokens, 1.0)
+        tokens = max(mb.norm.tokens if mb.norm.kept_tokens is None else mb.norm.kept_tokens, 1.0)
         for k, v in tok_stats.items():
             stats[k] = float(v.sum()) / tokens
         stats["entropy"] = float((entropy * mask).sum()) / tokens

@@ -219,7 +219,6 @@ def test_user_estimator_from_a_file_trains(tmp_path, models_dir, monkeypatch):
     assert rows[-1]["advantage/max"] == pytest.approx(float(want.max()), abs=1e-6)
 
 
-
 @pytest.mark.parametrize("overrides,skips", [
     ((), True),
     (("loss.kl={coef: 0.01, estimator: k3, where: loss}",), False),  # a KL term acts on every sample
