@@ -4,6 +4,10 @@ Every mode divides by step-global normalisers (`LossNorm`, summed over all micro
 processes before the update) instead of per-micro-batch counts. Summing the returned values of
 all micro-batches therefore gives exactly the loss of the whole mini-batch, and the gradient does
 not depend on how it was split (the learner multiplies by the process count to undo DDP's mean).
+
+Each declares `row_separable`: True when the value is a sum over rows divided by those normalisers
+alone, so a row whose loss is 0 adds nothing and may be left out of the passes
+(`rlvr.learner.batching.skip_is_exact`). All six built-ins are.
 """
 
 from __future__ import annotations
@@ -75,3 +79,8 @@ def seq_mean_token_sum_norm(loss: torch.Tensor, mask: torch.Tensor, norm: LossNo
     Example: rows [1, 2 | 3, pad], T 4 -> 6 / 4 = 1.5.
     """
     return (loss * mask).sum() / max(float(norm.max_response_tokens), 1.0)
+
+
+for _mode in (token_mean, seq_mean_token_mean, seq_mean_token_sum, dr_grpo, delta_l, seq_mean_token_sum_norm):
+    _mode.row_separable = True  # type: ignore[attr-defined]
+del _mode

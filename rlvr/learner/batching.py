@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -48,20 +49,21 @@ class BatchingConfig:
         return self.mini_batches_per_step * self.epochs_per_step
 
 
-ZERO_AT_ZERO_ADVANTAGE = frozenset({"ppo_clip"})  # built-in policy losses that are 0 wherever A = 0
-ROW_SEPARABLE = frozenset({"token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "dr_grpo", "delta_l",
-                           "seq_mean_token_sum_norm"})  # built-in aggregations: a sum over rows / global counts
+def skip_is_exact(policy_loss: Any, aggregation: Any, kl_in_loss: bool) -> bool:
+    """Whether leaving zero-advantage samples out of the update leaves the gradient unchanged.
 
+    It does when the policy loss is 0 (value and gradient) on every token of a row whose advantage
+    is 0, the aggregation is a sum over rows divided by the step-global normalisers only (so a row
+    of 0 loss adds nothing), and no KL term in the loss acts on every row. The loss and aggregation
+    plug-ins (the function or class a recipe names) say so themselves, as attributes:
+    `zero_at_zero_advantage = True` and `row_separable = True`; the built-ins do, and a plug-in
+    that does not declare it gets every sample.
 
-def skip_is_exact(policy_loss: str, aggregation: str, kl_in_loss: bool) -> bool:
-    """Whether leaving zero-advantage samples out of the update leaves the gradient unchanged: the
-    policy loss is 0 at advantage 0, the aggregation sums rows over global normalisers (a row of 0
-    loss adds nothing), and no KL term in the loss acts on every row. A plug-in loss or aggregation
-    is not known to qualify, so it gets every sample.
-
-    Example: ("ppo_clip", "token_mean", False) -> True; ("ppo_clip", "token_mean", True) -> False.
+    Example: (ppo_clip, token_mean, False) -> True; (ppo_clip, token_mean, True) -> False;
+    (a plug-in loss without the attribute, token_mean, False) -> False.
     """
-    return policy_loss in ZERO_AT_ZERO_ADVANTAGE and aggregation in ROW_SEPARABLE and not kl_in_loss
+    return (getattr(policy_loss, "zero_at_zero_advantage", False) is True
+            and getattr(aggregation, "row_separable", False) is True and not kl_in_loss)
 
 
 class Batcher:

@@ -52,6 +52,9 @@ def ppo_clip(
     return loss * mask, {k: v.detach() * mask for k, v in stats.items()}
 
 
+ppo_clip.zero_at_zero_advantage = True  # A = 0 gives l = 0 and no gradient: such rows may skip the passes
+
+
 @dataclass(frozen=True)
 class KLSettings:
     """The KL penalty against the reference model (loss.kl); the default is off.

@@ -299,7 +299,7 @@ def make_learner(cfg: Config, model: torch.nn.Module, ref_model: torch.nn.Module
                               micro_batch_tokens=lc.micro_batch_tokens, max_new_tokens=params.max_new_tokens,
                               pad_id=pad_id, seed=cfg.run.seed,
                               skip_zero_advantage=lc.skip_zero_advantage and skip_is_exact(
-                                  cfg.loss.policy.name, cfg.loss.aggregation.name, kl.coef > 0 and kl.where == "loss"))
+                                  cfg.loss.policy.target, cfg.loss.aggregation.target, kl.coef > 0 and kl.where == "loss"))
     return Learner(
         model, ref_model, acc,
         policy_loss=plugins["policy_loss"], aggregation=plugins["aggregation"], optim=optim, batching=batching,

@@ -219,15 +219,35 @@ def test_user_estimator_from_a_file_trains(tmp_path, models_dir, monkeypatch):
     assert rows[-1]["advantage/max"] == pytest.approx(float(want.max()), abs=1e-6)
 
 
+USER_LOSS = """
+from rlvr.learner import ppo_clip
+
+
+def declared(logprobs, old_logprobs, advantages, mask, *, clip_low: float = 0.2, clip_high: float = 0.2):
+    return ppo_clip(logprobs, old_logprobs, advantages, mask, clip_low=clip_low, clip_high=clip_high)
+
+
+def undeclared(logprobs, old_logprobs, advantages, mask, *, clip_low: float = 0.2, clip_high: float = 0.2):
+    return ppo_clip(logprobs, old_logprobs, advantages, mask, clip_low=clip_low, clip_high=clip_high)
+
+
+declared.zero_at_zero_advantage = True
+"""
+
+
 @pytest.mark.parametrize("overrides,skips", [
     ((), True),
     (("loss.kl={coef: 0.01, estimator: k3, where: loss}",), False),  # a KL term acts on every sample
     (("learner.skip_zero_advantage=false",), False),
+    (("loss.policy.name={losses}:declared",), True),  # a plug-in loss that says it is 0 at A = 0
+    (("loss.policy.name={losses}:undeclared",), False),  # one that does not: every sample
 ])
 def test_zero_advantage_samples_skip_the_update_only_where_exact(tmp_path, models_dir, overrides, skips):
+    losses = tmp_path / "my_losses.py"
+    losses.write_text(USER_LOSS)
     run_dir = run_recipe(ROOT / "recipes" / "quickstart.yaml", tmp_path / "run", models_dir, "run.steps=2",
                          "eval.at_start=false", "eval.every=0", "metrics.sinks=[jsonl]", "metrics.plot=false",
-                         *overrides)
+                         *(o.format(losses=losses) for o in overrides))
     rows = [r for r in read_metrics(run_dir) if "learner/loss" in r]
     assert len(rows) == 2
     if not skips:

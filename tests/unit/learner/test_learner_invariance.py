@@ -140,15 +140,36 @@ def test_a_batch_of_only_zero_advantages_still_takes_its_optimiser_step(tiny_mod
 
 def test_skipping_applies_only_where_it_is_exact():
     from rlvr.learner import skip_is_exact
-    from rlvr.learner.batching import ROW_SEPARABLE
-    from rlvr.registry import AGGREGATION
+    from rlvr.registry import AGGREGATION, POLICY_LOSS
 
-    assert skip_is_exact("ppo_clip", "token_mean", kl_in_loss=False)
-    assert not skip_is_exact("ppo_clip", "token_mean", kl_in_loss=True)  # the KL term acts on every sample
-    assert not skip_is_exact("my_loss", "token_mean", kl_in_loss=False)  # a plug-in: not known to be 0 at A = 0
-    assert not skip_is_exact("ppo_clip", "my_agg", kl_in_loss=False)
-    # every built-in aggregation was checked above; a new one must be added there (and to the set) on purpose
+    assert skip_is_exact(ppo_clip, token_mean, kl_in_loss=False)
+    assert not skip_is_exact(ppo_clip, token_mean, kl_in_loss=True)  # the KL term acts on every sample
+
+    def my_loss(*args, **kwargs):
+        return ppo_clip(*args, **kwargs)
+
+    def my_agg(loss, mask, norm):
+        return (loss * mask).sum() / mask.sum()  # a per-micro-batch mean: the rows left out would change it
+
+    assert not skip_is_exact(my_loss, token_mean, kl_in_loss=False)  # a plug-in that declares nothing
+    assert not skip_is_exact(ppo_clip, my_agg, kl_in_loss=False)
+    my_loss.zero_at_zero_advantage = True
+    assert skip_is_exact(my_loss, token_mean, kl_in_loss=False)  # ... until it says so
+    my_loss.zero_at_zero_advantage = "yes"  # only True counts
+    assert not skip_is_exact(my_loss, token_mean, kl_in_loss=False)
+
+    class ClassLoss:  # a class plug-in declares it as a class attribute
+        zero_at_zero_advantage = True
+
+    assert skip_is_exact(ClassLoss, token_mean, kl_in_loss=False)
+    # every built-in aggregation says whether it is row-separable (a new one must decide on purpose),
+    # and the six that are were checked against the full pass above
     import rlvr.learner.aggregation as builtin
 
-    builtins = {n for n in AGGREGATION.names() if AGGREGATION.get(n).__module__ == builtin.__name__}
-    assert builtins == ROW_SEPARABLE
+    declared = {n: getattr(AGGREGATION.get(n), "row_separable", None) for n in AGGREGATION.names()
+                if AGGREGATION.get(n).__module__ == builtin.__name__}
+    assert all(isinstance(v, bool) for v in declared.values()), declared
+    assert {n for n, v in declared.items() if v} == {"token_mean", "seq_mean_token_mean", "seq_mean_token_sum",
+                                                     "dr_grpo", "delta_l", "seq_mean_token_sum_norm"}
+    assert [n for n in POLICY_LOSS.names() if getattr(POLICY_LOSS.get(n), "zero_at_zero_advantage", False)] == \
+        ["ppo_clip"]
