@@ -5,8 +5,10 @@ template and chat template), the same G, prompts per step, temperature, token bu
 rate, gradient clip and reward (rlvr's gsm8k final-number rule), for the same budget of training
 wall time, counted from the start of the first step (set-up and model loading excluded; checkpoint
 writes included). The recipe's own settings are read from its YAML, so the minimal loop follows
-any override given to rlvr. Weights are saved at each mark; afterwards one evaluator (greedy
-`generate`, the same prompts) scores the base model and every saved model on the same held-out rows.
+any override given to rlvr, except the learner's precision: the loop updates in float32, as a
+100-line loop does, while the vLLM recipe's update runs under bf16 autocast. Weights are saved at
+each mark; afterwards one evaluator (greedy `generate`, the same prompts) scores the base model and
+every saved model on the same held-out rows.
 
     make smollm2                                                   # once: models/smollm2-135m-instruct
     python benchmarks/smollm2.py                                   # 30 minutes per arm, 300 held-out

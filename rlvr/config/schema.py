@@ -302,8 +302,15 @@ class LearnerConfig(Section):
         True, description="leave samples whose advantage is exactly 0 (e.g. every sample of a group whose rewards "
         "are all equal) out of the forward and backward passes; they still count in the loss normalisers, so the "
         "gradient is unchanged and the update is cheaper by their share (learner/zero_adv_skipped). Applied only "
-        "where it is exact: the built-in ppo_clip loss and aggregations, no KL term in the loss; per-token "
-        "metrics (entropy, clip fraction) then average over the samples that were kept")
+        "where it is exact: no KL term in the loss, and a loss and aggregation that declare it (the built-ins do; "
+        "see docs/architecture.md); per-token metrics (entropy, clip fraction) then average over the samples "
+        "that were kept")
+    share_prompts: bool = Field(
+        True, description="run each distinct prompt of a micro-batch through the model once and let the samples "
+        "of its group attend to its keys and values (gradients included), instead of once per sample; the same "
+        "values and gradients to float rounding, fewer tokens in every forward and backward (most on tasks with "
+        "short answers). Applies on one process, to models whose logits are the LM head's output, without "
+        "gradient checkpointing; elsewhere every sample runs its own prompt")
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     strategy: Literal["auto", "ddp", "fsdp2", "zero2", "zero3"] = Field(
         "auto", description="how several processes share the policy: auto = what `accelerate launch "

@@ -52,7 +52,8 @@ class Learner:
     to a per-token loss [B, T], `aggregation` turns that into a scalar, `rollout_correction` (or
     None) weighs tokens by engine/learner importance ratios.
     `temperature` is the rollout temperature every log-prob is taken at; `logprob_chunk_tokens` is the
-    chunk of positions whose logits exist at once (0: the full [B, T, V] logits; see logprobs.py).
+    chunk of positions whose logits exist at once (0: the full [B, T, V] logits; see logprobs.py);
+    `share_prompts` runs each distinct prompt of a micro-batch once (logprobs.py), on one process only.
     """
 
     def __init__(
@@ -72,6 +73,7 @@ class Learner:
         old_is_behaviour: bool = False,
         logprob_chunk_tokens: int = 512,
         ref_is_base: bool = False,
+        share_prompts: bool = True,
     ):
         self.acc = accelerator
         self.policy_loss, self.aggregation = policy_loss, aggregation
@@ -85,6 +87,8 @@ class Learner:
         self.guard = NonFiniteGuard(max_nonfinite_steps)
         self.strategy = strategy_of(accelerator)
         self.chunk_tokens = logprob_chunk_tokens
+        # two forwards (prompts, then responses) before one backward: not what DDP, FSDP2 or ZeRO expect
+        self.share_prompts = share_prompts and accelerator.num_processes == 1
         if lora.is_lora(model) and (problem := lora.strategy_problem(self.strategy)):
             raise ValueError(problem)
         optimizer = make_optimizer(model, optim)
@@ -138,7 +142,8 @@ class Learner:
         # the policy's forwards may be collective (see Batcher.equalise); the reference model is local
         with model.disable_adapter() if base else nullcontext():
             for mb, scale in self.batcher.scoring(batch, collective=not use_ref):
-                lp, _ = response_logprobs(model, mb, self.temperature, chunk_tokens=self.chunk_tokens)
+                lp, _ = response_logprobs(model, mb, self.temperature, chunk_tokens=self.chunk_tokens,
+                                          share_prompts=self.share_prompts)
                 if scale:
                     out[mb.index, : lp.shape[1]] = lp.float().cpu() * mb.response_mask
         return out
@@ -222,7 +227,8 @@ class Learner:
         for i, (mb, scale) in enumerate(mbs):
             last = i == len(mbs) - 1
             with self._accumulating(last):
-                logp, _ = response_logprobs(self.model, mb, 1.0, chunk_tokens=self.chunk_tokens)
+                logp, _ = response_logprobs(self.model, mb, 1.0, chunk_tokens=self.chunk_tokens,
+                                            share_prompts=self.share_prompts)
                 loss = -(logp * mb.response_mask.to(logp.device)).sum() / max(mb.norm.tokens, 1.0)
                 self._backward(loss * scale * self.acc.num_processes, last)
             nll += float(loss.detach()) * scale
@@ -236,7 +242,7 @@ class Learner:
     def _micro_loss(self, mb: MicroBatch) -> tuple[torch.Tensor, dict[str, float]]:
         device = self.acc.device
         logp, entropy = response_logprobs(self.model, mb, self.temperature, with_entropy=True,
-                                          chunk_tokens=self.chunk_tokens)
+                                          chunk_tokens=self.chunk_tokens, share_prompts=self.share_prompts)
         mask = mb.response_mask.to(device)
         old = mb.old_logprobs.to(device) if mb.old_logprobs is not None else logp.detach()
         adv = (mb.advantages * mb.weights).to(device)

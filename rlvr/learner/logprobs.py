@@ -17,6 +17,18 @@ hooks run exactly as for an ordinary forward (calling the head module once per c
 FSDP2 reshard it after the first chunk's backward: a segfault). It needs logits = lm_head(final
 hidden state), which holds for the families in `PLAIN_HEAD_FAMILIES`; any other model (logit
 soft-capping, logit scaling) takes the full path.
+
+Shared prompts (`share_prompts`): the samples of a GRPO group repeat one prompt, and without
+sharing every sample runs it through the model again (on short-answer tasks the prompt is most of
+the tokens). With sharing, each distinct prompt of the micro-batch goes through the model once;
+its keys and values (a KV cache that keeps its autograd graph) are indexed out to the group's rows,
+and the responses run as a second forward on top of them. The hidden states of the last prompt
+position and of the responses then go through the head as above. The gradient reaching a shared
+prompt is the sum of its samples' gradients, as in the full pass, so the values and gradients are
+those of the unshared pass to float rounding (tests/unit/learner/test_shared_prompts.py). It needs
+a plain head (the head is applied to hidden states put together from two forwards), a model
+without gradient checkpointing (which turns the cache off) and one process (the learner decides:
+two forwards before one backward are not what DDP, FSDP2 or ZeRO expect of a step).
 """
 
 from __future__ import annotations
@@ -35,7 +47,8 @@ PLAIN_HEAD_FAMILIES = ("llama", "mistral", "qwen2", "qwen2_moe", "qwen3", "qwen3
 
 
 def response_logprobs(
-    model: torch.nn.Module, mb: MicroBatch, temperature: float, with_entropy: bool = False, chunk_tokens: int = 0
+    model: torch.nn.Module, mb: MicroBatch, temperature: float, with_entropy: bool = False, chunk_tokens: int = 0,
+    share_prompts: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log pi(y_t | x, y_<t) at `temperature` for the last T columns of the micro-batch.
 
@@ -43,6 +56,8 @@ def response_logprobs(
     (float32, no gradient) or None. The logits at position s predict token s+1, so the last T+1
     positions, less the last, give the T response tokens. `chunk_tokens` > 0 takes the chunked
     path for models that allow it (`plain_head`); 0 materialises the [B, T, V] logits.
+    `share_prompts` runs each distinct prompt once where that applies (`prompt_groups`; the module
+    docstring says where).
     Example: B=2, T=3, chunk_tokens=4 -> the 6 positions go through the head as chunks of 4 and 2.
     """
     device = next(model.parameters()).device
@@ -51,7 +66,12 @@ def response_logprobs(
     positions = (attn.cumsum(-1) - 1).clamp(min=0)
     targets = mb.response_ids.to(device)
     t = targets.shape[1]
-    head = plain_head(model) if chunk_tokens > 0 else None
+    head = plain_head(model) if chunk_tokens > 0 or share_prompts else None
+    groups = prompt_groups(ids, attn, t) if head is not None and share_prompts and can_share(model) else None
+    if groups is not None:
+        return _shared_prompt_logprobs(model, head, ids, attn, positions, targets, groups, temperature,
+                                       with_entropy, chunk_tokens)
+    head = head if chunk_tokens > 0 else None
 
     def forward() -> torch.Tensor:
         out = model(input_ids=ids, attention_mask=attn, position_ids=positions, logits_to_keep=t + 1,
@@ -59,12 +79,7 @@ def response_logprobs(
         return out.logits
 
     if head is None:
-        logits = forward()[:, :-1, :].float() / temperature  # [B, T, V]
-        # log p = logit - logsumexp: unlike log_softmax this keeps no second [B, T, V] tensor for backward
-        lse = torch.logsumexp(logits, dim=-1)  # [B, T]
-        logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse
-        entropy = token_entropy(logits.detach(), lse.detach()) if with_entropy else None
-        return logp, entropy
+        return _logprobs_from_logits(forward()[:, :-1, :], targets, temperature, with_entropy)
     entropy_out: list[torch.Tensor | None] = []
 
     def logprobs_head(original: Callable[[torch.Tensor], torch.Tensor], hidden: torch.Tensor) -> torch.Tensor:
@@ -76,6 +91,94 @@ def response_logprobs(
     with _forward_replaced(head, logprobs_head):
         logp = forward()
     return logp, entropy_out[0]
+
+
+def _logprobs_from_logits(logits: torch.Tensor, targets: torch.Tensor, temperature: float,
+                          with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logits [B, T, V] (any float dtype), targets [B, T] -> log-probs [B, T] float32, entropy or None.
+    Example: logits [[[0, 0]]], target 1, temperature 1 -> [[log 0.5]] = [[-0.693]]."""
+    logits = logits.float() / temperature
+    # log p = logit - logsumexp: unlike log_softmax this keeps no second [B, T, V] tensor for backward
+    lse = torch.logsumexp(logits, dim=-1)  # [B, T]
+    logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse
+    entropy = token_entropy(logits.detach(), lse.detach()) if with_entropy else None
+    return logp, entropy
+
+
+def prompt_groups(ids: torch.Tensor, attn: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The rows that hold each distinct prompt once, and each row's prompt; None when nothing repeats.
+
+    ids, attn [B, S], the last `t` columns the responses. Returns (first [U] long: the first row
+    with each distinct prompt, inverse [B] long: the index into `first` of every row's prompt), or
+    None when all B prompts differ or there is nothing to share (t < 2: the responses would need no
+    forward of their own).
+    Example: prompts (columns before the last t) a, b, a, a -> first [0, 1], inverse [0, 1, 0, 0].
+    """
+    p = ids.shape[1] - t
+    if t < 2 or p < 1:
+        return None
+    key = torch.cat([ids[:, :p], attn[:, :p]], dim=1)
+    uniq, inverse = torch.unique(key, dim=0, return_inverse=True)
+    if uniq.shape[0] == key.shape[0]:
+        return None
+    rows = torch.arange(key.shape[0], device=ids.device)
+    first = torch.full((uniq.shape[0],), key.shape[0], dtype=torch.long, device=ids.device)
+    first = first.scatter_reduce(0, inverse, rows, reduce="amin")
+    order = torch.argsort(first)  # keep the prompts in the order their first rows come
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(order.numel(), device=ids.device)
+    return first[order], rank[inverse]
+
+
+def can_share(model: torch.nn.Module) -> bool:
+    """Whether a forward of `model` keeps a KV cache: not with gradient checkpointing on in training
+    (transformers then turns `use_cache` off)."""
+    inner = extract_model_from_parallel(model)
+    return not (inner.training and getattr(inner, "is_gradient_checkpointing", False))
+
+
+def _shared_prompt_logprobs(model: torch.nn.Module, head: torch.nn.Module, ids: torch.Tensor, attn: torch.Tensor,
+                            positions: torch.Tensor, targets: torch.Tensor,
+                            groups: tuple[torch.Tensor, torch.Tensor], temperature: float, with_entropy: bool,
+                            chunk_tokens: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`response_logprobs` with each distinct prompt run once (see the module docstring).
+
+    Two forwards: the U distinct prompts [U, P] (the head returns their last hidden state [U, 1, H]
+    and the KV cache is kept), then the B responses less their last token [B, T-1] on top of the
+    cache indexed out to the rows. In the second forward the head gets the hidden states [B, T, H]
+    of the last prompt position and the responses and gives logits (or log-probs, chunked), so it
+    still runs inside the model's forward (autocast, wrappers). Shapes as in `response_logprobs`.
+    """
+    first, inverse = groups
+    p, t = ids.shape[1] - targets.shape[1], targets.shape[1]
+    last_prompt: list[torch.Tensor] = []
+    entropy_out: list[torch.Tensor | None] = []
+
+    def keep_hidden(original: Callable[[torch.Tensor], torch.Tensor], hidden: torch.Tensor) -> torch.Tensor:
+        last_prompt.append(hidden)
+        return hidden
+
+    with _forward_replaced(head, keep_hidden):
+        out = model(input_ids=ids[first, :p], attention_mask=attn[first, :p], position_ids=positions[first, :p],
+                    logits_to_keep=1, use_cache=True)
+    cache = out.past_key_values
+    cache.batch_select_indices(inverse)  # [U, ...] -> [B, ...]: indexing, so gradients flow back to the prompts
+
+    def responses_head(original: Callable[[torch.Tensor], torch.Tensor], hidden: torch.Tensor) -> torch.Tensor:
+        hidden = torch.cat([last_prompt[0][inverse].to(hidden.dtype), hidden], dim=1)  # [B, T, H]
+        if chunk_tokens <= 0:
+            return original(hidden)
+        logp, entropy = chunked_head_logprobs(original, hidden, targets, temperature, chunk_tokens, with_entropy)
+        entropy_out.append(entropy)
+        return logp
+
+    with _forward_replaced(head, responses_head):
+        out = model(input_ids=ids[:, p : p + t - 1], attention_mask=attn[:, : p + t - 1],
+                    position_ids=positions[:, p : p + t - 1], past_key_values=cache, use_cache=True,
+                    logits_to_keep=0)
+    if chunk_tokens <= 0:
+        return _logprobs_from_logits(out.logits, targets, temperature, with_entropy)
+    return out.logits, entropy_out[0]
 
 
 def plain_head(model: torch.nn.Module) -> torch.nn.Module | None:

@@ -307,6 +307,7 @@ def make_learner(cfg: Config, model: torch.nn.Module, ref_model: torch.nn.Module
         kl=KLSettings(coef=kl.coef, estimator=kl.estimator, in_loss=kl.where == "loss"),
         rollout_correction=make_rollout_correction(cfg), max_nonfinite_steps=lc.max_nonfinite_steps,
         old_is_behaviour=old_is_behaviour(cfg), logprob_chunk_tokens=lc.logprob_chunk_tokens,
+        share_prompts=lc.share_prompts,
         ref_is_base=ref_is_base(cfg),
     )
 

@@ -88,6 +88,7 @@ RULES: dict[str, str] = {
     "learner.max_grad_norm": HONOUR,
     "learner.micro_batch_tokens": HONOUR,
     "learner.skip_zero_advantage": HONOUR,  # same gradients, fewer passes
+    "learner.share_prompts": HONOUR,  # same gradients, fewer prompt tokens
     "learner.max_nonfinite_steps": HONOUR,  # a guard, not part of the update
     # watching and saving the run
     "eval": HONOUR,
