@@ -27,7 +27,8 @@ position and of the responses then go through the head as above. The gradient re
 prompt is the sum of its samples' gradients, as in the full pass, so the values and gradients are
 those of the unshared pass to float rounding (tests/unit/learner/test_shared_prompts.py). It needs
 a plain head (the head is applied to hidden states put together from two forwards), a model
-without gradient checkpointing (which turns the cache off) and one process (the learner decides:
+without gradient checkpointing (which turns the cache off) and no sliding window narrower than
+the sequence (which would crop the cache), and one process (the learner decides:
 two forwards before one backward are not what DDP, FSDP2 or ZeRO expect of a step).
 """
 
@@ -67,7 +68,8 @@ def response_logprobs(
     targets = mb.response_ids.to(device)
     t = targets.shape[1]
     head = plain_head(model) if chunk_tokens > 0 or share_prompts else None
-    groups = prompt_groups(ids, attn, t) if head is not None and share_prompts and can_share(model) else None
+    groups = (prompt_groups(ids, attn, t) if head is not None and share_prompts and can_share(model, ids.shape[1])
+              else None)
     if groups is not None:
         return _shared_prompt_logprobs(model, head, ids, attn, positions, targets, groups, temperature,
                                        with_entropy, chunk_tokens)
@@ -130,11 +132,17 @@ def prompt_groups(ids: torch.Tensor, attn: torch.Tensor, t: int) -> tuple[torch.
     return first[order], rank[inverse]
 
 
-def can_share(model: torch.nn.Module) -> bool:
-    """Whether a forward of `model` keeps a KV cache: not with gradient checkpointing on in training
-    (transformers then turns `use_cache` off)."""
+def can_share(model: torch.nn.Module, width: int) -> bool:
+    """Whether the responses can run on a KV cache of the prompts: the cache is kept (transformers turns
+    it off under gradient checkpointing in training) and holds every position (a sliding-window
+    attention narrower than the `width` of prompt + response would crop it).
+    Example: a Mistral with sliding_window 4096 -> True at width 1000, False at 5000."""
     inner = extract_model_from_parallel(model)
-    return not (inner.training and getattr(inner, "is_gradient_checkpointing", False))
+    if inner.training and getattr(inner, "is_gradient_checkpointing", False):
+        return False
+    config = getattr(inner, "config", None)
+    window = getattr(config, "sliding_window", None) if getattr(config, "use_sliding_window", True) else None
+    return not window or width <= window
 
 
 def _shared_prompt_logprobs(model: torch.nn.Module, head: torch.nn.Module, ids: torch.Tensor, attn: torch.Tensor,

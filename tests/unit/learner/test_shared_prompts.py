@@ -149,3 +149,14 @@ def test_shared_prompts_under_bf16_autocast(model_dir):
     # bf16 keeps 8 bits of mantissa: the two paths round differently, by far less than a log-prob's size
     torch.testing.assert_close(shared, full, rtol=0, atol=0.05)
     assert (shared - full).abs().mean() < 0.01
+
+
+def test_a_sliding_window_narrower_than_the_sequence_takes_one_forward(model_dir):
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    calls = counted_forwards(model)
+    mb = micro_batch(*grouped_pairs())  # S = 7 + 6 = 13 columns
+    model.config.use_sliding_window, model.config.sliding_window = True, 8
+    response_logprobs(model, mb, TEMPERATURE, share_prompts=True)
+    model.config.sliding_window = 13
+    response_logprobs(model, mb, TEMPERATURE, share_prompts=True)
+    assert calls == [9, 3, 9]
