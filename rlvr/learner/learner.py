@@ -73,7 +73,7 @@ class Learner:
         old_is_behaviour: bool = False,
         logprob_chunk_tokens: int = 512,
         ref_is_base: bool = False,
-        share_prompts: bool = True,
+        share_prompts: bool = False,
     ):
         self.acc = accelerator
         self.policy_loss, self.aggregation = policy_loss, aggregation

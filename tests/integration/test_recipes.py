@@ -247,7 +247,7 @@ def test_zero_advantage_samples_skip_the_update_only_where_exact(tmp_path, model
     losses.write_text(USER_LOSS)
     run_dir = run_recipe(ROOT / "recipes" / "quickstart.yaml", tmp_path / "run", models_dir, "run.steps=2",
                          "eval.at_start=false", "eval.every=0", "metrics.sinks=[jsonl]", "metrics.plot=false",
-                         *(o.format(losses=losses) for o in overrides))
+                         *(o.replace("{losses}", str(losses)) for o in overrides))
     rows = [r for r in read_metrics(run_dir) if "learner/loss" in r]
     assert len(rows) == 2
     if not skips:
