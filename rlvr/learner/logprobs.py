@@ -68,12 +68,12 @@ def response_logprobs(
     targets = mb.response_ids.to(device)
     t = targets.shape[1]
     head = plain_head(model) if chunk_tokens > 0 or share_prompts else None
-    groups = (prompt_groups(ids, attn, t) if head is not None and share_prompts and can_share(model, ids.shape[1])
-              else None)
-    if groups is not None:
+    if (share_prompts and head is not None and can_share(model, ids.shape[1])
+            and (groups := prompt_groups(ids, attn, t)) is not None):
         return _shared_prompt_logprobs(model, head, ids, attn, positions, targets, groups, temperature,
                                        with_entropy, chunk_tokens)
-    head = head if chunk_tokens > 0 else None
+    if chunk_tokens <= 0:  # the head was looked up for sharing only
+        head = None
 
     def forward() -> torch.Tensor:
         out = model(input_ids=ids, attention_mask=attn, position_ids=positions, logits_to_keep=t + 1,
