@@ -7,9 +7,11 @@ held-out greedy accuracy on the same 20 unseen problems.
     python benchmarks/overhead.py [--steps 600]
 
 rlvr's step time is wall clock between consecutive metrics.jsonl lines (so it includes logging);
-its start-up (model build, data, plug-ins) is reported apart. rlvr runs twice: with every sample in
-the update, the minimal loop's work exactly ("rlvr, all samples"), and as it runs by default, leaving
-zero-advantage samples out of the passes (the same gradient; `learner.skip_zero_advantage`).
+its start-up (model build, data, plug-ins) is reported apart. rlvr runs three times: the minimal
+loop's work exactly ("rlvr, same work": every sample in the update, each with its own prompt),
+leaving zero-advantage samples out of the passes (`learner.skip_zero_advantage`), and as it runs by
+default, which also runs each group's prompt once per micro-batch (`learner.share_prompts`). All
+three give the same gradient.
 """
 
 from __future__ import annotations
@@ -32,12 +34,11 @@ from rlvr.config import load_config  # noqa: E402
 from rlvr.loop import train  # noqa: E402
 
 
-def bench_rlvr(work: Path, steps: int, skip: bool) -> dict[str, float]:
-    out = work / f"rlvr-{skip}"
+def bench_rlvr(out: Path, work: Path, steps: int, overrides: list[str]) -> dict[str, float]:
     cfg = load_config(ROOT / "recipes" / "quickstart.yaml", [
         f"run.steps={steps}", f"run.output_dir={out}", f"model.path={work / 'tiny'}",
         "run.resume=never", "eval.at_start=false", f"eval.every={steps}", "checkpoint.at_end=false",
-        "metrics.sinks=[jsonl]", "metrics.plot=false", f"learner.skip_zero_advantage={str(skip).lower()}",
+        "metrics.sinks=[jsonl]", "metrics.plot=false", *overrides,
     ])
     t0 = time.time()
     train(cfg, ROOT / "recipes")
@@ -47,6 +48,14 @@ def bench_rlvr(work: Path, steps: int, skip: bool) -> dict[str, float]:
     acc = [r["eval/accuracy"] for r in rows if "eval/accuracy" in r][-1]
     return {"median_step_s": statistics.median(gaps), "mean_step_s": statistics.fmean(gaps),
             "startup_s": stamps[0] - t0, "accuracy": acc}
+
+
+# rlvr's arms: overrides of the quickstart recipe
+RLVR_ARMS = {
+    "rlvr, same work": ["learner.skip_zero_advantage=false", "learner.share_prompts=false"],
+    "rlvr, skip only": ["learner.share_prompts=false"],
+    "rlvr (default)": [],
+}
 
 
 def bench_minimal(work: Path, steps: int) -> dict[str, float]:
@@ -65,17 +74,17 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="rlvr-bench-"))
     try:
         minimal = bench_minimal(work, args.steps)
-        full = bench_rlvr(work, args.steps, skip=False)
-        rlvr = bench_rlvr(work, args.steps, skip=True)
+        arms = {name: bench_rlvr(work / f"rlvr-{i}", work, args.steps, overrides)
+                for i, (name, overrides) in enumerate(RLVR_ARMS.items())}
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"\n{args.steps} steps, 32 prompts x 8 samples, tiny Qwen2 (0.3M), (a+b) mod 10, CPU\n")
     print(f"| {'loop':<18} | median s/step | mean s/step | start-up s | held-out acc |")
     print(f"|{'-' * 20}|---------------|-------------|------------|--------------|")
-    for name, r in (("minimal", minimal), ("rlvr, all samples", full), ("rlvr (default)", rlvr)):
+    for name, r in {"minimal": minimal, **arms}.items():
         print(f"| {name:<18} | {r['median_step_s']:13.4f} | {r['mean_step_s']:11.4f} | {r['startup_s']:10.1f} "
               f"| {r['accuracy']:12.2f} |")
-    for name, r in (("rlvr, all samples", full), ("rlvr (default)", rlvr)):
+    for name, r in arms.items():
         print(f"\n{name} / minimal per-step time: {r['median_step_s'] / minimal['median_step_s']:.2f}x (median), "
               f"{r['mean_step_s'] / minimal['mean_step_s']:.2f}x (mean)", end="")
     print()

@@ -306,7 +306,7 @@ class LearnerConfig(Section):
         "see docs/architecture.md); per-token metrics (entropy, clip fraction) then average over the samples "
         "that were kept")
     share_prompts: bool = Field(
-        False, description="run each distinct prompt of a micro-batch through the model once and let the samples "
+        True, description="run each distinct prompt of a micro-batch through the model once and let the samples "
         "of its group attend to its keys and values (gradients included), instead of once per sample; the same "
         "values and gradients to float rounding, fewer tokens in every forward and backward (most on tasks with "
         "short answers). Applies on one process, to models whose logits are the LM head's output, without "

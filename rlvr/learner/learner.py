@@ -73,7 +73,7 @@ class Learner:
         old_is_behaviour: bool = False,
         logprob_chunk_tokens: int = 512,
         ref_is_base: bool = False,
-        share_prompts: bool = False,
+        share_prompts: bool = True,
     ):
         self.acc = accelerator
         self.policy_loss, self.aggregation = policy_loss, aggregation
@@ -87,7 +87,9 @@ class Learner:
         self.guard = NonFiniteGuard(max_nonfinite_steps)
         self.strategy = strategy_of(accelerator)
         self.chunk_tokens = logprob_chunk_tokens
-        # two forwards (prompts, then responses) before one backward: not what DDP, FSDP2 or ZeRO expect
+        # one process only: with sharing allowed on two DDP processes the 1-vs-2-process test hung.
+        # Forwards hold collectives (DDP's buffer broadcast, FSDP2's and ZeRO-3's all-gathers) and a
+        # rank whose micro-batch repeats no prompt runs one forward where another runs two.
         self.share_prompts = share_prompts and accelerator.num_processes == 1
         if lora.is_lora(model) and (problem := lora.strategy_problem(self.strategy)):
             raise ValueError(problem)

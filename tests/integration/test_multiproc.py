@@ -69,7 +69,9 @@ AGGREGATIONS = ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "dr_g
 @pytest.mark.slow
 @pytest.mark.parametrize("aggregation", AGGREGATIONS)
 def test_two_processes_match_one(tmp_path, tiny, aggregation):
-    _run([sys.executable, str(SCRIPT), str(tiny), str(tmp_path / "one.pt"), aggregation], timeout=240)
+    # one process with every sample's prompt (the learner shares prompts on one process only)
+    _run([sys.executable, str(SCRIPT), str(tiny), str(tmp_path / "one.pt"), aggregation, "ddp", "1", "512", "0"],
+         timeout=240)
     _run([*_torchrun(2), str(SCRIPT), str(tiny), str(tmp_path / "two.pt"), aggregation], timeout=240)
     one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
     assert (one["world"], two["world"]) == (1, 2)
@@ -93,11 +95,14 @@ def test_strategy_two_processes_match_one(tmp_path, tiny, strategy):
     LM head in chunks of 5 positions (learner.logprob_chunk_tokens), so this also checks that the
     chunked head runs right under every wrapping. Float32 differences come from summation order
     only: measured up to 2.5e-7 on the weights (updates are ~2e-3), so the bounds are 1e-6 absolute
-    and 1e-5 relative."""
+    and 1e-5 relative. The one process runs every sample's prompt (learner.share_prompts off); the
+    two ask for shared prompts, which the learner must refuse on several processes (with sharing
+    allowed there, this test hung under DDP)."""
     outs = {}
-    for n, chunk in ((1, "0"), (2, "5")):
+    for n, chunk, share in ((1, "0", "0"), (2, "5", "1")):
         outs[n] = tmp_path / f"{n}.pt"
-        _run([*_torchrun(n), str(SCRIPT), str(tiny), str(outs[n]), "seq_mean_token_mean", strategy, "2", chunk])
+        _run([*_torchrun(n), str(SCRIPT), str(tiny), str(outs[n]), "seq_mean_token_mean", strategy, "2", chunk,
+              share])
     one, two = torch.load(outs[1]), torch.load(outs[2])
     assert (one["strategy"], two["strategy"]) == ("single" if strategy == "ddp" else strategy, strategy)
     assert (one["world"], two["world"]) == (1, 2)

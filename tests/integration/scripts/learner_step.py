@@ -1,13 +1,14 @@
 """One learner step on a fixed global batch; run alone or under torchrun (gloo, CPU).
 
-    python learner_step.py MODEL_DIR OUT.pt [AGGREGATION [STRATEGY [EPOCHS [CHUNK]]]]
-    torchrun --nproc_per_node 2 learner_step.py MODEL_DIR OUT.pt [AGGREGATION [STRATEGY [EPOCHS [CHUNK]]]]
+    python learner_step.py MODEL_DIR OUT.pt [AGGREGATION [STRATEGY [EPOCHS [CHUNK [SHARE]]]]]
+    torchrun --nproc_per_node 2 learner_step.py MODEL_DIR OUT.pt [AGGREGATION [STRATEGY [EPOCHS [CHUNK [SHARE]]]]]
 
 Every process builds the same 4-prompt x 3-sample batch from a fixed seed and keeps its share of
 the prompts (complete groups), exactly as the training loop does. STRATEGY is a learner.strategy
 (default ddp). With EPOCHS > 1 the step recomputes old log-probs first and adds a KL term to a
 reference model, as the loop does, so every collective path of the learner runs. CHUNK is
-learner.logprob_chunk_tokens (default 512: one chunk here; 0 = full logits). Rank 0 saves the
+learner.logprob_chunk_tokens (default 512: one chunk here; 0 = full logits). SHARE is
+learner.share_prompts (1 or 0, default 1 as in the learner; it shares on one process only). Rank 0 saves the
 global metrics, the gradients (unsharded strategies; they are still in place after a single
 optimiser step) and the updated weights gathered with `full_weights()`, so the caller can
 compare 1 process with 2.
@@ -58,7 +59,7 @@ def local_batch(rank: int, world: int) -> AdvantageBatch:
 
 
 def main(model_dir: str, out: str, aggregation: str = "seq_mean_token_mean", strategy: str = "ddp",
-         epochs: str = "1", chunk: str = "512") -> None:
+         epochs: str = "1", chunk: str = "512", share: str = "1") -> None:
     epochs_per_step = int(epochs)
     kl_coef = 0.1 if epochs_per_step > 1 else 0.0
     # clipping on for the multi-epoch runs (DeepSpeed clips itself: its norm and clip must match ours)
@@ -76,7 +77,7 @@ def main(model_dir: str, out: str, aggregation: str = "seq_mean_token_mean", str
                       batching=BatchingConfig(mini_batches_per_step=1, epochs_per_step=epochs_per_step,
                                               micro_batch_tokens=40, max_new_tokens=T, pad_id=0, seed=0),
                       temperature=1.0, kl=KLSettings(coef=kl_coef, estimator="k3", in_loss=True),
-                      logprob_chunk_tokens=int(chunk))
+                      logprob_chunk_tokens=int(chunk), share_prompts=share == "1")
     batch = local_batch(acc.process_index, acc.num_processes)
     if learner.needs_old_logprobs:
         batch.old_logprobs = learner.logprobs(batch, use_ref=False)
@@ -99,4 +100,4 @@ def main(model_dir: str, out: str, aggregation: str = "seq_mean_token_mean", str
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:7])
+    main(*sys.argv[1:8])
