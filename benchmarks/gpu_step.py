@@ -21,9 +21,14 @@ synchronised around each run:
 
 Tokens counted ("tokens/step"): every prompt token plus every response token of every sample, padding
 excluded (the micro-batches are left/right padded; the padded count is printed apart). "resp tokens"
-is the response tokens alone, the ones the loss is over.
+is the response tokens alone, the ones the loss is over. tokens/s is tokens/step over the median
+time: the work a user gets done. With learner.share_prompts (rlvr's default; `--no-share-prompts`
+turns it off; gradient checkpointing turns it off too) each group's prompt runs once per
+micro-batch, so the model computes fewer tokens than it covers: "computed" counts them (each
+distinct prompt of a micro-batch once, plus the responses), and MFU uses that count, not
+tokens/step.
 
-MFU = 6 * N_params * tokens/step / step_s / peak_flops (2 * N instead of 6 * N for the forward-only
+MFU = 6 * N_params * computed / step_s / peak_flops (2 * N instead of 6 * N for the forward-only
 logprobs pass), with peak_flops the dense bf16 peak of the GPU (table below, else --peak-tflops).
 It is an approximation: 6*N*tokens ignores attention FLOPs (which grow with sequence length), and
 N counts the tied embedding / LM-head matrix (136M of 494M) as if it ran on every token, while the
@@ -45,6 +50,7 @@ from transformers import AutoModelForCausalLM, Qwen2Config
 from rlvr.buffer import pack
 from rlvr.learner import BatchingConfig, Learner, OptimConfig
 from rlvr.learner.distributed import make_accelerator, resolve_strategy
+from rlvr.learner.logprobs import prompt_groups
 from rlvr.registry import AGGREGATION, POLICY_LOSS, build_plugin
 from rlvr.types import AdvantageBatch, LossNorm, Prompt, Rollouts, ScoredRollouts
 
@@ -106,6 +112,23 @@ def timed(fn: Callable[[], object], warmup: int, steps: int) -> tuple[float, flo
     return statistics.median(times), torch.cuda.max_memory_allocated() if cuda else None
 
 
+def computed_tokens(mbs: list, share: bool) -> int:
+    """Tokens the model runs for these micro-batches: all real tokens, or with shared prompts each
+    distinct prompt of a micro-batch once plus every response token.
+    Example: one micro-batch of 8 samples of one 256-token prompt with 300 response tokens each ->
+    8 * 556 = 4448 unshared, 256 + 8 * 300 = 2656 shared."""
+    total = 0
+    for mb in mbs:
+        t = mb.response_ids.shape[1]
+        groups = prompt_groups(mb.input_ids, mb.attention_mask, t) if share else None
+        if groups is None:
+            total += int(mb.attention_mask.sum())
+        else:
+            p = mb.input_ids.shape[1] - t
+            total += int(mb.attention_mask[groups[0], :p].sum()) + int(mb.attention_mask[:, p:].sum())
+    return total
+
+
 def peak_flops(name: str, override_tflops: float | None) -> float | None:
     if override_tflops is not None:
         return override_tflops * 1e12
@@ -126,6 +149,8 @@ def main() -> None:
                     help="bf16-autocast: fp32 master weights + bf16 autocast (rlvr's GPU default); "
                          "bf16: bf16 weights, gradients and AdamW state")
     ap.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak, for GPUs not in the table")
+    ap.add_argument("--share-prompts", action=argparse.BooleanOptionalAction, default=True,
+                    help="learner.share_prompts (rlvr's default: on)")
     args = ap.parse_args()
 
     acc = make_accelerator(resolve_strategy("auto"), "auto", 1.0)
@@ -139,13 +164,14 @@ def main() -> None:
                           min_lr_ratio=0.0, total_steps=args.warmup + args.steps, max_grad_norm=1.0),
         batching=BatchingConfig(mini_batches_per_step=1, epochs_per_step=1, micro_batch_tokens=args.micro_batch_tokens,
                                 max_new_tokens=args.response_tokens, pad_id=PAD_ID, seed=0),
-        temperature=1.0,
+        temperature=1.0, share_prompts=args.share_prompts,
     )
     batch = synthetic_batch(args.samples, args.prompt_tokens, args.response_tokens, SHAPES[args.shape]["vocab_size"])
     resp_tokens = int(batch.scored.rollouts.lengths.sum())
     tokens = args.samples * args.prompt_tokens + resp_tokens
     mbs = pack(batch, torch.arange(args.samples), LossNorm(1.0, 1.0, 1), args.micro_batch_tokens, PAD_ID)
     padded = sum(mb.input_ids.numel() for mb in mbs)
+    computed = computed_tokens(mbs, args.share_prompts and not args.gradient_checkpointing)
 
     step_s, step_mem = timed(lambda: learner.step(batch), args.warmup, args.steps)
     lp_s, lp_mem = timed(lambda: learner.logprobs(batch, use_ref=False), args.warmup, args.steps)
@@ -156,15 +182,17 @@ def main() -> None:
           f"+ {args.response_tokens // 2}..{args.response_tokens} response tokens), {len(mbs)} micro-batch(es) of "
           f"<= {args.micro_batch_tokens} tokens ({padded} with padding), dtype policy {args.dtype_policy} "
           f"(accelerate mixed_precision {acc.mixed_precision}), gradient checkpointing "
-          f"{'on' if args.gradient_checkpointing else 'off'}, median of {args.steps} after {args.warmup} warm-up\n")
-    print("| pass     | device               | params (M) | tokens/step | resp tokens | median s | tokens/s "
-          "| peak mem GiB | MFU    |")
-    print("|----------|----------------------|------------|-------------|-------------|----------|----------"
-          "|--------------|--------|")
+          f"{'on' if args.gradient_checkpointing else 'off'}, shared prompts "
+          f"{'on' if args.share_prompts and not args.gradient_checkpointing else 'off'}, median of {args.steps} after "
+          f"{args.warmup} warm-up\n")
+    print("| pass     | device               | params (M) | tokens/step | computed | resp tokens | median s "
+          "| tokens/s | peak mem GiB | MFU    |")
+    print("|----------|----------------------|------------|-------------|----------|-------------|----------"
+          "|----------|--------------|--------|")
     for name, sec, mem, flops_per_token in (("step", step_s, step_mem, 6), ("logprobs", lp_s, lp_mem, 2)):
-        mfu = f"{flops_per_token * n_params * tokens / sec / peak:.1%}" if peak else "n/a"
+        mfu = f"{flops_per_token * n_params * computed / sec / peak:.1%}" if peak else "n/a"
         mem_s = f"{mem / 2**30:.2f}" if mem is not None else "n/a"
-        print(f"| {name:<8} | {gpu[:20]:<20} | {n_params / 1e6:10.1f} | {tokens:11d} | {resp_tokens:11d} "
+        print(f"| {name:<8} | {gpu[:20]:<20} | {n_params / 1e6:10.1f} | {tokens:11d} | {computed:8d} | {resp_tokens:11d} "
               f"| {sec:8.3f} | {tokens / sec:8.0f} | {mem_s:>12} | {mfu:>6} |")
     if torch.cuda.is_available() and peak is None:
         print(f"\nMFU n/a: {gpu!r} is not in the peak table; pass --peak-tflops (dense bf16).")
