@@ -44,10 +44,24 @@ def lr_lambda(warmup: int, total: int, schedule: str, min_ratio: float) -> Calla
     return f
 
 
+def fused_if_supported(params: list[torch.Tensor]) -> dict[str, bool]:
+    """AdamW's `fused=True` where torch has the fused kernel for every parameter, else torch's choice.
+
+    The fused kernel updates each tensor in one pass; torch's default on CPU is a Python loop over
+    the parameters. For SmolLM2-135M on 2 CPU cores one step took 0.085 s fused against 0.344 s
+    (benchmarks/optimizer.py; weights equal to 1e-8). The kernel exists for floating-point tensors
+    on CPU and CUDA.
+    Example: float32 CPU weights -> {"fused": True}; an int8 buffer among them -> {}.
+    """
+    ok = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+    return {"fused": True} if ok and params else {}
+
+
 def make_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters of the (not yet prepared) model."""
-    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, betas=cfg.betas,
-                             weight_decay=cfg.weight_decay)
+    """AdamW over the trainable parameters of the (not yet prepared) model, fused where it can be."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
+                             **fused_if_supported(params))
 
 
 def make_scheduler(applies: torch.optim.Optimizer, cfg: OptimConfig, updates_per_step: int

@@ -25,6 +25,7 @@ import torch
 from rlvr.data.errors import DataError
 from rlvr.env.episodes import run_episodes
 from rlvr.env.template import TurnTemplate
+from rlvr.learner.optim import fused_if_supported
 from rlvr.rollout.base import SamplingParams
 from rlvr.types import Prompt, PromptBatch, Rollouts, ScoredRollouts
 
@@ -129,7 +130,8 @@ def warm_up(run: Any) -> None:
     budget = r.max_episode_tokens or r.max_turns * r.max_new_tokens
     for p in rows:  # a bad demonstration anywhere in the budget fails before any step
         demonstration_turns(p.row, w.column, p.uid, run.env is not None, r.max_turns)
-    optimizer = torch.optim.AdamW([p for p in run.learner.model.parameters() if p.requires_grad], lr=w.lr)
+    params = [p for p in run.learner.model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=w.lr, **fused_if_supported(params))
     order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(run.cfg.run.seed)).tolist()
     share = w.batch_size // run.world
     first = last = None
