@@ -7,10 +7,17 @@ separate copy (e.g. a bf16 inference copy of an fp32 learner).
 
 from __future__ import annotations
 
+import inspect
 import threading
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
+from transformers import (
+    DynamicCache,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
 
 from rlvr.rollout.base import (
     GenerationAborted,
@@ -65,10 +72,34 @@ class StopOnEvent(StoppingCriteria):
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
+def distinct_prompts(seqs: list[list[int]]) -> tuple[list[int], list[int]]:
+    """The first row of each distinct prompt in `seqs`, and for every row the place of its prompt in that list.
+
+    Example: [[1, 2], [1, 2], [3], [1, 2]] -> ([0, 2], [0, 0, 1, 0]).
+    """
+    place: dict[tuple[int, ...], int] = {}
+    firsts, owner = [], []
+    for i, s in enumerate(seqs):
+        if tuple(s) not in place:
+            place[tuple(s)] = len(firsts)
+            firsts.append(i)
+        owner.append(place[tuple(s)])
+    return firsts, owner
+
+
 class HFEngine:
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, batch_prompts: int = 64,
-                 shares_learner_weights: bool = True, synced: bool = False, interruptible: bool = False):
+                 shares_learner_weights: bool = True, synced: bool = False, interruptible: bool = False,
+                 share_prefill: bool = True):
         self.model = model
+        # share_prefill: a prompt sampled G times is run through the model once, and its keys and values
+        # are repeated for its G rows (the serving engines do the same). Not when synced: that extra
+        # forward is collective, and a process whose chunk repeats no prompt would not run it. Models
+        # that cannot take a transformers DynamicCache or `logits_to_keep` generate as before.
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft wraps the model
+        self.share_prefill = (share_prefill and not synced
+                              and getattr(base, "_supports_default_dynamic_cache", lambda: False)()
+                              and "logits_to_keep" in inspect.signature(base.forward).parameters)
         # interruptible: a worker generating on its own thread; `abort` (new weights are coming) ends the
         # running generate() at its next token with GenerationAborted, and `resume` lets the next one run
         self.interruptible = interruptible
@@ -170,6 +201,9 @@ class HFEngine:
             kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k or None)
         else:  # neutralise sampling defaults a checkpoint's generation_config may carry
             kwargs.update(temperature=None, top_p=None, top_k=None)
+        firsts, owner = distinct_prompts(seqs)
+        if self.share_prefill and len(firsts) < len(seqs) and input_ids.shape[1] > 1:
+            kwargs["past_key_values"] = self._prefill(input_ids[firsts], attn[firsts], owner, device)
         criteria = []
         if params.stop:
             criteria.append(StopOnStrings(self.tokenizer, params.stop, input_ids.shape[1]))
@@ -186,6 +220,22 @@ class HFEngine:
              for t, lg in enumerate(out.logits)], dim=1
         ) if new.shape[1] else torch.zeros(new.shape)
         return list(new), list(lps)
+
+    def _prefill(self, ids: torch.Tensor, attn: torch.Tensor, owner: list[int], device) -> DynamicCache:
+        """The cache of the distinct prompts `ids` [U, W] (left-padded) without their last token, repeated
+        so that row i holds prompt owner[i]'s; generate() then runs the last prompt token and samples.
+
+        The positions are the ones generate() gives a left-padded prompt (count of real tokens before,
+        padding at 0), so each row's keys and values equal those of running its own prompt, to rounding.
+        On SmolLM2-135M (8 prompts of 59 tokens x 4 samples, 2 CPU cores) the prompt pass of generate()
+        took 1.2 s instead of 3.4 s.
+        """
+        ids, attn = ids[:, :-1].to(device), attn[:, :-1].to(device)
+        cache = DynamicCache(config=self.model.config)
+        self.model(input_ids=ids, attention_mask=attn, position_ids=(attn.cumsum(-1) - 1).masked_fill(attn == 0, 0),
+                   past_key_values=cache, use_cache=True, logits_to_keep=1)
+        cache.batch_select_indices(torch.tensor(owner, device=device))
+        return cache
 
     def _assemble(self, batch, group, ids_out, lp_out, params) -> Rollouts:
         decode = lambda toks: self.tokenizer.decode(toks, skip_special_tokens=True)

@@ -3,6 +3,7 @@ import torch
 from rlvr.buffer import make_micro_batch
 from rlvr.learner.logprobs import response_logprobs
 from rlvr.rollout import HFEngine, SamplingParams
+from rlvr.rollout.hf import distinct_prompts
 from rlvr.types import AdvantageBatch, LossNorm, Prompt, PromptBatch, ScoredRollouts
 
 
@@ -60,3 +61,41 @@ def test_stop_string_cuts_text_and_ends_response(tiny):
     # one token per character: the response keeps the tokens up to and including the stop string
     assert int(cut.lengths[0]) == text.find(stop) + len(stop)
     assert cut.response_ids[0, : int(cut.lengths[0])].tolist() == free.response_ids[0, : int(cut.lengths[0])].tolist()
+
+
+def test_distinct_prompts_worked_example():
+    assert distinct_prompts([[1, 2], [1, 2], [3], [1, 2]]) == ([0, 2], [0, 0, 1, 0])
+    assert distinct_prompts([]) == ([], [])
+
+
+def test_each_prompt_is_prefilled_once_and_samples_as_if_it_were_not(tiny):
+    """Prompts of three lengths (so left padding differs), groups of 3, 2 and 1: the engine runs the
+    distinct prompts once and gives the same greedy replies, and the same sampled ones from one seed,
+    as an engine that runs every row's prompt."""
+    model, tok = tiny
+    shared, plain = HFEngine(model, tok), HFEngine(model, tok, share_prefill=False)
+    assert shared.share_prefill and not HFEngine(model, tok, synced=True).share_prefill
+    batch = PromptBatch(prompts(tok, ["12+7=", "5+5=", "hello there, 3+4="]), [3, 2, 1])
+    rows_seen = []
+    hook = model.register_forward_pre_hook(lambda m, args, kw: rows_seen.append(tuple(kw["input_ids"].shape)),
+                                           with_kwargs=True)
+    try:
+        greedy = SamplingParams(max_new_tokens=6, greedy=True)
+        a = shared.generate(batch, greedy)
+        width = max(len(p.token_ids) for p in batch.prompts)
+        assert rows_seen[:2] == [(3, width - 1), (6, 1)]  # the 3 distinct prompts, then every row's last token
+        start = len(rows_seen)
+        b = plain.generate(batch, greedy)
+        assert rows_seen[start] == (6, width)  # without sharing: every row's whole prompt
+    finally:
+        hook.remove()
+    assert a.texts == b.texts and torch.equal(a.response_ids, b.response_ids)
+    assert (a.rollout_logprobs - b.rollout_logprobs).abs().max() < 1e-5
+    params = SamplingParams(max_new_tokens=6, temperature=0.7)
+    torch.manual_seed(3)
+    a = shared.generate(batch, params)
+    torch.manual_seed(3)
+    b = plain.generate(batch, params)
+    assert torch.equal(a.response_ids, b.response_ids) and a.texts == b.texts
+    assert (a.rollout_logprobs - b.rollout_logprobs).abs().max() < 1e-5
+    assert len(set(a.texts[:3])) > 1  # the three samples of the first prompt are not copies of one
