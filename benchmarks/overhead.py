@@ -8,10 +8,11 @@ held-out greedy accuracy on the same 20 unseen problems.
 
 rlvr's step time is wall clock between consecutive metrics.jsonl lines (so it includes logging);
 its start-up (model build, data, plug-ins) is reported apart. rlvr runs three times: the minimal
-loop's work exactly ("rlvr, same work": every sample in the update, each with its own prompt),
-leaving zero-advantage samples out of the passes (`learner.skip_zero_advantage`), and as it runs by
-default, which also runs each group's prompt once per micro-batch (`learner.share_prompts`). All
-three give the same gradient.
+loop's work exactly ("rlvr, same work": every sample in the update, each with its own prompt in
+generation and in the update), leaving zero-advantage samples out of the passes
+(`learner.skip_zero_advantage`), and as it runs by default, which also runs each group's prompt
+once per micro-batch (`learner.share_prompts`) and once per generate() call (`rollout.share_prefill`).
+All three give the same gradient.
 """
 
 from __future__ import annotations
@@ -52,8 +53,9 @@ def bench_rlvr(out: Path, work: Path, steps: int, overrides: list[str]) -> dict[
 
 # rlvr's arms: overrides of the quickstart recipe
 RLVR_ARMS = {
-    "rlvr, same work": ["learner.skip_zero_advantage=false", "learner.share_prompts=false"],
-    "rlvr, skip only": ["learner.share_prompts=false"],
+    "rlvr, same work": ["learner.skip_zero_advantage=false", "learner.share_prompts=false",
+                        "rollout.share_prefill=false"],
+    "rlvr, skip only": ["learner.share_prompts=false", "rollout.share_prefill=false"],
     "rlvr (default)": [],
 }
 

@@ -209,6 +209,10 @@ class RolloutConfig(Section):
     top_k: int = Field(0, ge=0, description="0 disables top-k")
     stop: list[str] = Field(default_factory=list, description="stop strings (kept out of the text)")
     batch_prompts: int = Field(64, ge=1, description="prompts per generate() call")
+    share_prefill: bool = Field(True, description="hf engine: run each distinct prompt of a generate() call "
+                                "through the model once and repeat its keys and values for its samples (the same "
+                                "samples to float rounding); off under fsdp2/zero3 and for models without a "
+                                "transformers DynamicCache")
     stratum: str | None = Field(None, description="'module:fn' or 'file.py:fn' mapping a completion's text to "
                                 "its stratum key (for stratified advantages)")
 

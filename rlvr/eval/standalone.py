@@ -23,7 +23,8 @@ def eval_model(model_dir: str | Path, cfg: Config, base_dir: Path | None = None)
     env = build.make_env(cfg, base_dir)
     prompts, _ = build.load_prompt_set(cfg, cfg.data.eval, tokenizer, base_dir, env)
     rewards = build.make_reward_runner(cfg, base_dir)
-    engine, r = HFEngine(model, tokenizer, batch_prompts=cfg.rollout.batch_prompts), cfg.rollout
+    r = cfg.rollout
+    engine = HFEngine(model, tokenizer, batch_prompts=r.batch_prompts, share_prefill=r.share_prefill)
     # with an env, each evaluation sample is an episode, as in training
     episodes = None if env is None else lambda batch, params: build.play_episodes(
         cfg, engine, env, tokenizer, batch, params)[0]

@@ -174,7 +174,8 @@ def make_engine(cfg: Config, learner: Learner, tokenizer: Any, model_path: str |
     if r.mode == "disaggregated":
         return make_workers(cfg, tokenizer, model_path, acc)
     if r.engine == "hf":
-        return HFEngine(learner.unwrapped, tokenizer, batch_prompts=r.batch_prompts, synced=learner.sharded)
+        return HFEngine(learner.unwrapped, tokenizer, batch_prompts=r.batch_prompts, synced=learner.sharded,
+                        share_prefill=r.share_prefill)
     from rlvr.rollout.vllm import VLLMEngine
 
     v = r.vllm
@@ -200,7 +201,7 @@ def make_workers(cfg: Config, tokenizer: Any, model_path: str | Path, acc: Accel
     if r.engine == "hf":
         copy = load_model(model_path, cfg, trainable=False).to(acc.device)
         return HFEngine(copy, tokenizer, batch_prompts=r.batch_prompts, shares_learner_weights=False,
-                        interruptible=True)
+                        interruptible=True, share_prefill=r.share_prefill)
     from rlvr.rollout.remote import start_workers  # httpx and the transfer code: only disaggregated vllm runs
 
     w = r.workers

@@ -51,6 +51,7 @@ RULES: dict[str, str] = {
     "rollout": REFUSE,
     # ... but not how fast or with how much memory, nor how often the weight sync is checked
     "rollout.batch_prompts": HONOUR,
+    "rollout.share_prefill": HONOUR,  # the same samples to rounding, fewer prompt tokens
     "rollout.mode": HONOUR,  # the buffer is regenerated on resume, so either mode continues the run
     "rollout.max_staleness": HONOUR,
     "rollout.stale": HONOUR,
