@@ -11,6 +11,9 @@ last `<answer>...</answer>` (reasoning_gym.utils.extract_answer; None when there
 scores 0), with `tag: answer`, the default, for prompts that ask for the tags. `tag: null` passes
 the whole completion, stripped, for models that answer bare (a tiny model trained from scratch).
 Scores are the scorer's, in [0, 1]; some give partial credit (chain_sum: 0.5 for "71" against "7").
+`final_number: true` scores a reply that has no tag by its final number instead (as the `gsm8k`
+reward reads it), for numeric tasks and small models that answer in prose ("2 - 0 is 2."): without
+it SmolLM2-135M-Instruct never wrote the tags on basic_arithmetic and every reward was 0.
 """
 
 from __future__ import annotations
@@ -47,11 +50,29 @@ def answer_of(completion: str, tag: str | None = "answer") -> str | None:
 
 
 @REWARD.register("reasoning_gym")
-def reasoning_gym_score(prompt: str, completion: str, row: dict[str, Any], *, tag: str | None = "answer") -> float:
+def reasoning_gym_score(prompt: str, completion: str, row: dict[str, Any], *, tag: str | None = "answer",
+                        final_number: bool = False) -> float:
     """The task's `score_answer` of the completion's answer (see the module docstring), in [0, 1]."""
     scorer = row.get("reasoning_gym")
     if not isinstance(scorer, dict) or not {"task", "config", "entry"} <= set(scorer):
         raise ValueError("row has no 'reasoning_gym' entry {task, config, entry}: this reward scores rows of a "
                          "reasoning-gym:<task> data source")
     dataset = _dataset(scorer["task"], scorer["config"])
-    return float(dataset.score_answer(answer_of(completion, tag), scorer["entry"]))
+    answer = answer_of(completion, tag)
+    if answer is None and final_number:
+        answer = final_number_text(completion)
+    return float(dataset.score_answer(answer, scorer["entry"]))
+
+
+def final_number_text(completion: str) -> str | None:
+    """The completion's final number (rlvr.reward.builtins.final_number) as text, integers without ".0".
+
+        >>> final_number_text("63 - 65 = -2."), final_number_text("half is 2.5"), final_number_text("none")
+        ('-2', '2.5', None)
+    """
+    from rlvr.reward.builtins import final_number
+
+    x = final_number(completion)
+    if x is None:
+        return None
+    return str(int(x)) if x.is_integer() else repr(x)

@@ -32,6 +32,20 @@ def test_partial_credit_is_the_scorers():
     assert reasoning_gym_score("", f"<answer>{gold}9</answer>", row) == pytest.approx(len(gold) / (len(gold) + 1))
 
 
+def test_final_number_scores_untagged_prose_by_its_last_number():
+    rows = generate("basic_arithmetic", size=20, seed=0, max_digits=2, min_terms=2, max_terms=2)
+    negative = next(r for r in rows if r["answer"].startswith("-"))  # a minus sign survives the extraction
+    for row in (rows[0], negative):
+        gold = row["answer"]
+        prose = f"To calculate it, 12 and 3 give {gold}."
+        assert reasoning_gym_score("", prose, row) == 0.0  # the default: no tags, no answer
+        assert reasoning_gym_score("", prose, row, final_number=True) == 1.0
+        assert reasoning_gym_score("", f"so {int(gold) + 1}", row, final_number=True) == 0.0
+        # a tagged answer still decides when there is one
+        assert reasoning_gym_score("", f"<answer>{int(gold) + 1}</answer> {gold}", row, final_number=True) == 0.0
+    assert reasoning_gym_score("", "no number at all", rows[0], final_number=True) == 0.0
+
+
 def test_answer_is_the_last_tagged_one():
     assert answer_of("<answer>1</answer> no, <answer> 2 </answer>") == "2"
     assert answer_of("no tags here") is None
