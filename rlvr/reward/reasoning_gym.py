@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 from rlvr.registry import REWARD
+from rlvr.reward.builtins import final_number
 
 _DATASETS: dict[tuple[str, str], Any] = {}  # (task, repr of its config) -> dataset, per process
 
@@ -70,8 +71,6 @@ def final_number_text(completion: str) -> str | None:
         >>> final_number_text("63 - 65 = -2."), final_number_text("half is 2.5"), final_number_text("none")
         ('-2', '2.5', None)
     """
-    from rlvr.reward.builtins import final_number
-
     x = final_number(completion)
     if x is None:
         return None

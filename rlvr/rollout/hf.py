@@ -201,9 +201,10 @@ class HFEngine:
             kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k or None)
         else:  # neutralise sampling defaults a checkpoint's generation_config may carry
             kwargs.update(temperature=None, top_p=None, top_k=None)
-        firsts, owner = distinct_prompts(seqs)
-        if self.share_prefill and len(firsts) < len(seqs) and input_ids.shape[1] > 1:
-            kwargs["past_key_values"] = self._prefill(input_ids[firsts], attn[firsts], owner, device)
+        if self.share_prefill and input_ids.shape[1] > 1:
+            firsts, owner = distinct_prompts(seqs)
+            if len(firsts) < len(seqs):
+                kwargs["past_key_values"] = self._prefill(input_ids[firsts], attn[firsts], owner, device)
         criteria = []
         if params.stop:
             criteria.append(StopOnStrings(self.tokenizer, params.stop, input_ids.shape[1]))
